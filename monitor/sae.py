@@ -82,7 +82,8 @@ def weights_sha256(weights: dict[str, torch.Tensor], cfg: SAEConfig) -> str:
     for name in sorted(weights):
         t = weights[name].detach().contiguous().cpu()
         h.update(f"\0{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1): a 0-d tensor (BatchTopK's global threshold) cannot be viewed as bytes directly.
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -100,6 +101,8 @@ class FrozenSAE:
         if dtype is None:
             dtype = torch.float32 if self.device.type == "cpu" else weights["W_enc"].dtype
         self.dtype = dtype
+        # save() writes the stored dtypes back by default, so a load/save round trip keeps the sha256.
+        self._stored_dtypes = {n: t.dtype for n, t in weights.items()}
         self.weights = {n: t.detach().to(self.device, dtype).contiguous() for n, t in weights.items()}
         w = self.weights
         # Fold "x - b_dec" into the bias: pre = x @ W_enc + (b_enc - b_dec @ W_enc).
@@ -129,11 +132,13 @@ class FrozenSAE:
         return sae
 
     def save(self, path: str | Path, *, dtype: torch.dtype | None = None, metadata: dict | None = None) -> Path:
-        """Write our format (SAELens layout: ``cfg.json`` + ``sae_weights.safetensors``). Returns the dir."""
+        """Write our format (SAELens layout: ``cfg.json`` + ``sae_weights.safetensors``). Returns the dir.
+
+        ``dtype``: storage dtype; default: the dtypes the weights were loaded with (same sha256)."""
         from monitor.sae_formats import write_saelens
 
         cfg = self.cfg if metadata is None else replace(self.cfg, metadata={**self.cfg.metadata, **metadata})
-        weights = {n: t.to(dtype or t.dtype) for n, t in self.weights.items()}
+        weights = {n: t.to(dtype or self._stored_dtypes[n]) for n, t in self.weights.items()}
         return write_saelens(Path(path), cfg, weights)
 
     # ------------------------------------------------------------------ encoding

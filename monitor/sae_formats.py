@@ -29,9 +29,9 @@ SAELENS_CFG = "cfg.json"
 
 def detect_format(path: Path) -> tuple[str, Path]:
     """``(format name, directory)`` for an SAE directory or one of its files."""
-    d = path if path.is_dir() else path.parent
-    if not d.exists():
+    if not path.exists():
         raise SAELoadError(f"SAE path {path} does not exist")
+    d = path if path.is_dir() else path.parent
     if (d / SAELENS_WEIGHTS).is_file() and (d / SAELENS_CFG).is_file():
         return "saelens", d
     if (d / "sae.safetensors").is_file() and (d / "cfg.json").is_file():
@@ -54,7 +54,7 @@ def read_sae(path: Path) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
         return reader(d)
     except SAELoadError:
         raise
-    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
+    except Exception as exc:  # corrupt files raise SafetensorError, UnpicklingError, BadZipFile, ...
         raise SAELoadError(f"could not read the {fmt} SAE at {d}: {type(exc).__name__}: {exc}") from exc
 
 
