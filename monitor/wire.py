@@ -190,7 +190,8 @@ def _parse_header(buf: memoryview, limits: WireLimits) -> tuple[dict, int]:
         raise WireFormatError(f"safetensors header claims {header_len} bytes but the body has only {len(buf) - 8}")
     try:
         header = json.loads(bytes(buf[8 : 8 + header_len]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError covers JSONDecodeError and integers too long to convert; RecursionError deep nesting.
+    except (ValueError, RecursionError) as exc:
         raise WireFormatError(f"safetensors header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise WireFormatError("safetensors header must be a JSON object")
@@ -203,6 +204,8 @@ def _read_tensor(buf: memoryview, data_start: int, name: str, entry: object, lim
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise WireFormatError(f"tensor {name!r}: header entry must have exactly dtype, shape and data_offsets")
     dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype_name, str):
+        raise WireFormatError(f"tensor {name!r}: dtype must be a string, got {dtype_name!r}")
     if name == "activations":
         if dtype_name not in _ACTIVATION_DTYPES:
             raise WireFormatError(f"activations dtype {dtype_name!r} unsupported; use F16, BF16 or F32")
@@ -248,7 +251,7 @@ def _parse_metadata(metadata: object, limits: WireLimits) -> dict:
             raise WireFormatError(f"__metadata__.{key} is missing or empty")
     try:
         requests = json.loads(metadata["requests"])
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise WireFormatError(f"__metadata__.requests is not valid JSON: {exc}") from None
     if not isinstance(requests, list) or len(requests) > limits.max_requests:
         raise WireFormatError(f"__metadata__.requests must be a list of at most {limits.max_requests} requests")
@@ -292,7 +295,7 @@ def _validate(b: ActivationBatch, limits: WireLimits) -> None:
         raise WireFormatError(f"offsets must be [n_requests + 1 = {n_req + 1}], got shape {tuple(b.offsets.shape)}")
     if n_req == 0 and n:
         raise WireFormatError("a batch with tokens must name at least one request")
-    if n_req and (int(b.offsets[0]) != 0 or int(b.offsets[-1]) != n or bool((b.offsets[1:] < b.offsets[:-1]).any())):
+    if (int(b.offsets[0]) != 0 or int(b.offsets[-1]) != n or bool((b.offsets[1:] < b.offsets[:-1]).any())):
         raise WireFormatError(f"offsets must start at 0, end at n_tokens={n} and never decrease")
     if n and not bool(torch.isfinite(b.activations).all()):
         raise WireFormatError("activations contain NaN or Inf")
