@@ -1,0 +1,189 @@
+"""``safety-monitor``: the command-line entry point. Each sub-command is a thin shell over a module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from monitor.dataclass_args import add_dataclass_args, dataclass_from_args
+
+
+class UsageError(Exception):
+    """A mistake the user can fix; printed without a traceback."""
+
+
+# --------------------------------------------------------------------------- encode
+def _load_sae_arg(path: str | None, d_model: int | None = None):
+    from monitor.artifacts import ARTIFACTS_DIR, default_sae_dir
+    from monitor.sae import FrozenSAE
+
+    sae_dir = Path(path) if path else default_sae_dir()
+    if sae_dir is None:
+        raise UsageError(
+            "an SAE is needed: pass --sae PATH (SAELens, sparsify, Gemma Scope or dictionary_learning layout). "
+            f"The shipped SAE lives under {ARTIFACTS_DIR}/smollm2-135m-instruct/ and is named in "
+            f"{ARTIFACTS_DIR / 'defaults.json'}; `safety-monitor sae train` makes a new one."
+        )
+    return FrozenSAE.load(sae_dir, d_model=d_model)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from monitor.encode_text import encode_text
+    from monitor.models import load_model
+
+    sae = _load_sae_arg(args.sae)  # fail fast, before the model loads
+    lm = load_model(args.model)
+    if sae.cfg.d_in != lm.d_model:
+        raise UsageError(f"the SAE reads d_in={sae.cfg.d_in} but {lm.model_id} has d_model={lm.d_model}")
+    rows = encode_text(lm, sae, args.text, layer=args.layer, top=args.top, chat=args.chat)
+    if args.json:
+        print(json.dumps({"model": lm.model_id, "layer": args.layer, "sae_sha256": sae.sha256,
+                          "tokens": [asdict(r) for r in rows]}))
+        return 0
+    print(f"model {lm.model_id}  layer {args.layer}  SAE {sae.sha256[:12]} ({sae.cfg.architecture}, "
+          f"{sae.cfg.d_sae} latents)")
+    for r in rows:
+        lat = "  ".join(f"{i}:{v:.2f}" for i, v in r.latents) if r.latents else "(attention sink, not encoded)"
+        print(f"{r.position:4d} {r.token!r:>16}  {lat}")
+    return 0
+
+
+# --------------------------------------------------------------------------- sae
+def _activations_dir(name: str) -> Path:
+    from monitor.models import cache_root
+
+    return cache_root() / "activations" / name
+
+
+def cmd_sae_collect(args: argparse.Namespace) -> int:
+    from monitor.collect import CollectConfig, collect
+    from monitor.models import load_model
+    from monitor.sae_data import build_documents, default_data_dir
+
+    cfg = dataclass_from_args(CollectConfig, args)
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    if not data_dir.is_dir():
+        raise UsageError(f"data directory {data_dir} not found; pass --data-dir or set SAFETY_MONITOR_DATA")
+    out = Path(args.out) if args.out else _activations_dir(f"smollm2-135m-instruct-layer{cfg.layer}-{cfg.split}")
+    lm = load_model(args.model)
+    print(f"building the token stream from {data_dir} ...", file=sys.stderr)
+    docs = build_documents(lm.tokenizer, data_dir, context=args.context)
+    manifest = collect(lm, docs, out, cfg)
+    total = sum(s["n_tokens"] for s in manifest["shards"])
+    print(json.dumps({"out": str(out), "tokens": total, "complete": manifest.get("complete", False)}))
+    return 0
+
+
+def cmd_sae_train(args: argparse.Namespace) -> int:
+    from monitor.collect import open_activations
+    from monitor.sae_train import ActivationStore, TrainConfig, train_sae
+
+    import torch
+
+    cfg = dataclass_from_args(TrainConfig, args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    acts_dir = Path(args.activations) if args.activations else _activations_dir("smollm2-135m-instruct-layer15-train")
+    if not (acts_dir / "manifest.json").is_file():
+        raise UsageError(f"no activation collection at {acts_dir}; run `safety-monitor sae collect` first")
+    acts, _, manifest = open_activations(acts_dir)
+    if args.max_tokens:
+        acts = _first_tokens(acts, args.max_tokens)
+    store = ActivationStore(acts, cfg.max_norm_ratio, cfg.seed)
+    out = Path(args.out)
+    print(f"training on {len(store):,} tokens from {acts_dir} -> {out}", file=sys.stderr)
+    sae = train_sae(store, out, cfg, model_name=manifest["model"], hook_name=manifest["hook"],
+                    dataset=f"{acts_dir.name}: corpus windows + chat-formatted labelled rows (train split)")
+    print(json.dumps({"out": str(out / "final"), "sha256": sae.sha256}))
+    return 0
+
+
+def _first_tokens(shards, n: int):
+    out, left = [], n
+    for s in shards:
+        if left <= 0:
+            break
+        out.append(s[:left])
+        left -= len(out[-1])
+    return out
+
+
+def cmd_sae_hash(args: argparse.Namespace) -> int:
+    from monitor.sae import FrozenSAE
+
+    sae = FrozenSAE.load(args.path)
+    print(sae.sha256)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from monitor.collect import CollectConfig
+    from monitor.models import DEFAULT_LAYER, DEFAULT_MODEL_ID
+    from monitor.sae_train import TrainConfig
+
+    p = argparse.ArgumentParser(prog="safety-monitor", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    enc = sub.add_parser("encode", help="print the top SAE latents of each token of a text")
+    enc.add_argument("text", help="text to run through the model")
+    enc.add_argument("--sae", help="SAE directory (default: the shipped one, see artifacts/defaults.json)")
+    enc.add_argument("--model", default=DEFAULT_MODEL_ID, help="model id or local HF directory")
+    enc.add_argument("--layer", type=int, default=DEFAULT_LAYER, help="decoder layer to tap")
+    enc.add_argument("--top", type=int, default=5, help="latents shown per token")
+    enc.add_argument("--chat", action="store_true", help="wrap the text as a user turn of the chat template")
+    enc.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    enc.set_defaults(func=cmd_encode)
+
+    sae = sub.add_parser("sae", help="dictionary learning: collect activations, train, evaluate, hash").add_subparsers(
+        dest="sae_command", required=True)
+    col = sae.add_parser("collect", help="collect layer activations of the training token stream (resumable)")
+    add_dataclass_args(col, CollectConfig)
+    col.add_argument("--model", default=DEFAULT_MODEL_ID)
+    col.add_argument("--context", type=int, default=256, help="tokens per document window")
+    col.add_argument("--data-dir", help="datasets folder (default: ../shared/data or $SAFETY_MONITOR_DATA)")
+    col.add_argument("--out", help="output folder (default: under the user cache)")
+    col.set_defaults(func=cmd_sae_collect)
+
+    tr = sae.add_parser("train", help="train a BatchTopK SAE on collected activations (resumable)")
+    add_dataclass_args(tr, TrainConfig)
+    tr.add_argument("--activations", help="collection folder (default: the layer-15 train collection)")
+    tr.add_argument("--max-tokens", type=int, default=0, help="use only the first N collected tokens")
+    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    tr.add_argument("--out", required=True, help="run folder: checkpoint.pt and final/ are written here")
+    tr.set_defaults(func=cmd_sae_train)
+
+    hs = sae.add_parser("hash", help="print the sha256 an SAE is pinned by")
+    hs.add_argument("path")
+    hs.set_defaults(func=cmd_sae_hash)
+
+    try:
+        from alerts.cli import register as register_alerts
+    except ImportError:
+        register_alerts = None
+    if register_alerts is not None:
+        register_alerts(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from monitor.models import ModelLoadError
+    from monitor.sae import SAELoadError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ModelLoadError, SAELoadError) as exc:
+        print(f"safety-monitor: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
