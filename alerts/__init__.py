@@ -1,0 +1,18 @@
+"""Safety alerts: the event schema, the durable outbox, Kafka publishing and subscribing,
+webhook routing, and the Redis dashboard store.
+
+This package knows nothing of torch or SAEs; the sidecar (``monitor``) builds
+:class:`~alerts.schema.Alert` objects and hands them to an
+:class:`~alerts.pipeline.AlertPipeline`.
+"""
+
+from alerts.schema import SCHEMA_ID, Alert, LatentActivation, Severity, TokenSpan, uuid7
+
+__all__ = [
+    "SCHEMA_ID",
+    "Alert",
+    "LatentActivation",
+    "Severity",
+    "TokenSpan",
+    "uuid7",
+]
