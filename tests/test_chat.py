@@ -1,0 +1,90 @@
+"""Chat formatting: rows become messages, and rendered conversations know which tokens are the response."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monitor.chat import render_chat, row_messages
+from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE
+
+
+@pytest.fixture(scope="module")
+def tokenizer(default_model):
+    return default_model.tokenizer
+
+
+def _spans(roles: torch.Tensor) -> list[tuple[int, int]]:
+    """``(start, end)`` of each run of response tokens."""
+    spans, start = [], None
+    for i, r in enumerate(roles.tolist() + [ROLE_PROMPT]):
+        if r == ROLE_RESPONSE and start is None:
+            start = i
+        elif r != ROLE_RESPONSE and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+def test_render_chat_marks_the_assistant_turn(tokenizer):
+    messages = [{"role": "user", "content": "What is the capital of France?"},
+                {"role": "assistant", "content": "The capital of France is Paris."}]
+    chat = render_chat(tokenizer, messages)
+    assert chat.input_ids.dtype == torch.int64 and chat.roles.dtype == torch.uint8
+    assert chat.input_ids.shape == chat.roles.shape
+    # Same tokens as the tokenizer's own template for the whole conversation.
+    full = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False)
+    full = full["input_ids"] if not isinstance(full, list) else full
+    assert chat.input_ids.tolist() == list(full)
+    (start, end), = _spans(chat.roles)
+    response = tokenizer.decode(chat.input_ids[start:end], skip_special_tokens=True)
+    assert response.strip() == "The capital of France is Paris."
+    prompt = tokenizer.decode(chat.input_ids[:start])
+    assert "What is the capital of France?" in prompt
+    assert prompt.rstrip().endswith("<|im_start|>assistant")  # the header counts as prompt
+    assert "Paris" not in prompt
+    assert end == len(chat.roles) or (chat.roles[end:] == ROLE_PROMPT).all()
+
+
+def test_render_chat_multi_turn_and_truncation(tokenizer):
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "Blue."},
+                {"role": "user", "content": "Another one?"},
+                {"role": "assistant", "content": "Green, like grass."}]
+    chat = render_chat(tokenizer, messages)
+    spans = _spans(chat.roles)
+    assert [tokenizer.decode(chat.input_ids[a:b], skip_special_tokens=True).strip() for a, b in spans] == \
+        ["Blue.", "Green, like grass."]
+    between = tokenizer.decode(chat.input_ids[spans[0][1]:spans[1][0]])
+    assert "Another one?" in between
+    short = render_chat(tokenizer, messages, max_tokens=10)
+    assert short.input_ids.tolist() == chat.input_ids[:10].tolist()
+    assert short.roles.tolist() == chat.roles[:10].tolist()
+
+
+def test_render_chat_prompt_only(tokenizer):
+    chat = render_chat(tokenizer, [{"role": "user", "content": "Hello"}])
+    assert (chat.roles == ROLE_PROMPT).all() and len(chat.roles) > 3
+
+
+@pytest.mark.parametrize("row,expected", [
+    ({"prompt": " Is this a scam? ", "response": " Yes. ", "text": "ignored"},
+     [{"role": "user", "content": "Is this a scam?"}, {"role": "assistant", "content": "Yes."}]),
+    ({"text": "Human: How do I bake bread?\n\nAssistant: Mix flour, water and yeast."},
+     [{"role": "user", "content": "How do I bake bread?"},
+      {"role": "assistant", "content": "Mix flour, water and yeast."}]),
+    ({"text": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: see you"},
+     [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+      {"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]),
+    ({"text": "User: first line\nsecond line\n\nAssistant: ok"},
+     [{"role": "user", "content": "first line\nsecond line"}, {"role": "assistant", "content": "ok"}]),
+    ({"text": "Just a plain sentence. Assistant: not a turn"},
+     [{"role": "user", "content": "Just a plain sentence. Assistant: not a turn"}]),
+    ({"text": "Preamble first\n\nHuman: then a turn"},
+     [{"role": "user", "content": "Preamble first\n\nHuman: then a turn"}]),
+    ({"text": "  "}, [{"role": "user", "content": ""}]),
+    ({}, [{"role": "user", "content": ""}]),
+])
+def test_row_messages(row, expected):
+    assert row_messages(row) == expected
