@@ -111,7 +111,7 @@ def _load_directory(path: Path, dtype: torch.dtype, model_id: str) -> LoadedMode
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # transformers raises ValueError for unusable tokenizer/config files
         raise ModelLoadError(f"Could not load a Hugging Face model from {path}: {exc}") from exc
     model.eval()
     model.requires_grad_(False)
@@ -132,6 +132,11 @@ def load_model(model: str = DEFAULT_MODEL_ID, *, dtype: torch.dtype = torch.floa
         raise ModelLoadError(
             f"Model {model!r} is neither the default ({DEFAULT_MODEL_ID}) nor a local model directory. "
             "Pass a directory that holds config.json and the weights (nothing is downloaded at run time)."
+        )
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{path} has no config.json, so it is not a Hugging Face model directory. Pass the directory "
+            "that holds config.json, the tokenizer files and the weights (e.g. from save_pretrained)."
         )
     return _load_directory(path, dtype, model_id=str(path))
 
