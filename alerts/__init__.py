@@ -7,12 +7,15 @@ This package knows nothing of torch or SAEs; the sidecar (``monitor``) builds
 """
 
 from alerts.schema import SCHEMA_ID, Alert, LatentActivation, Severity, TokenSpan, uuid7
+from alerts.subscriber import SubscriberStats, subscribe
 
 __all__ = [
     "SCHEMA_ID",
     "Alert",
     "LatentActivation",
     "Severity",
+    "SubscriberStats",
     "TokenSpan",
+    "subscribe",
     "uuid7",
 ]

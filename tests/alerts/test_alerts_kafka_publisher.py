@@ -1,0 +1,132 @@
+"""Outbox → Kafka against a real broker: keys, headers, order, per-detector topics, late broker."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+from alerts_testkit import TansuBroker, free_port, headers_of, make_alert, read_topic, wait_until
+
+from alerts.config import KafkaConnection, PublisherConfig
+from alerts.kafka_publisher import KafkaAlertPublisher, producer_settings
+from alerts.outbox import AlertOutbox
+from alerts.pipeline import AlertPipeline
+from alerts.schema import SCHEMA_ID, Alert
+
+pytestmark = pytest.mark.kafka
+
+
+def _pipeline(tmp_path, bootstrap: str, **publisher: object) -> AlertPipeline:
+    outbox = AlertOutbox(tmp_path / "outbox.sqlite3")
+    config = PublisherConfig(retry_initial_s=0.05, retry_max_s=0.5, **publisher)
+    pub = KafkaAlertPublisher(outbox, KafkaConnection(bootstrap_servers=bootstrap), config)
+    return AlertPipeline(outbox=outbox, publisher=pub)
+
+
+def test_producer_settings_ask_for_durability():
+    kw = producer_settings(KafkaConnection(bootstrap_servers="h1:9092,h2:9092"), PublisherConfig())
+    assert kw["acks"] == "all"
+    assert kw["enable_idempotence"] is True  # the installed kafka-python supports it
+    assert kw["compression_type"] == "gzip"
+    assert kw["linger_ms"] <= 5
+    assert kw["bootstrap_servers"] == ["h1:9092", "h2:9092"]
+    with pytest.raises(ValueError, match="not available"):
+        producer_settings(KafkaConnection(), PublisherConfig(compression_type="nonexistent"))
+
+
+def test_sasl_ssl_settings_pass_through():
+    conn = KafkaConnection(bootstrap_servers="b:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                           sasl_plain_username="monitor", sasl_plain_password="s3cret", ssl_cafile="/ca.pem",
+                           extra={"connections_max_idle_ms": 1234})
+    kw = producer_settings(conn, PublisherConfig())
+    assert kw["security_protocol"] == "SASL_SSL"
+    assert kw["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (kw["sasl_plain_username"], kw["sasl_plain_password"]) == ("monitor", "s3cret")
+    assert kw["ssl_cafile"] == "/ca.pem" and kw["ssl_check_hostname"] is True
+    assert kw["connections_max_idle_ms"] == 1234
+    assert "s3cret" not in repr(conn)
+
+
+def test_alerts_arrive_with_key_headers_and_request_order(tmp_path, kafka_broker, topic):
+    kafka_broker.create_topic(topic, partitions=3)
+    alerts = [make_alert(i, request_id=f"req-{i % 7}", detector=("scam", "deception")[i % 2]) for i in range(120)]
+    with _pipeline(tmp_path, kafka_broker.bootstrap, topic=topic) as pipeline:
+        results = [pipeline.emit(a) for a in alerts]
+        assert all(r.durable for r in results)
+        assert pipeline.flush(30)
+        stats = pipeline.stats()
+    assert stats.publisher.published_total == 120
+    assert stats.outbox.pending == 0
+
+    records = read_topic(kafka_broker.bootstrap, topic, expect=120)
+    assert len(records) == 120
+    by_id = {a.event_id: a for a in alerts}
+    per_request: dict[str, list[str]] = defaultdict(list)
+    partitions_of: dict[str, set[int]] = defaultdict(set)
+    for rec in records:
+        alert = Alert.from_json(rec.value)
+        assert alert == by_id[alert.event_id]
+        assert rec.key.decode() == alert.request_id
+        assert headers_of(rec) == {"event_id": alert.event_id, "detector": alert.detector,
+                                   "severity": alert.severity.value, "schema": SCHEMA_ID}
+        per_request[alert.request_id].append(alert.event_id)
+        partitions_of[alert.request_id].add(rec.partition)
+    assert all(len(p) == 1 for p in partitions_of.values()), "one request must map to one partition"
+    assert len({p for ps in partitions_of.values() for p in ps}) > 1, "keys should spread over partitions"
+    for rid, ids in per_request.items():
+        assert ids == [a.event_id for a in alerts if a.request_id == rid], f"order broken for {rid}"
+
+
+def test_per_detector_topics(tmp_path, kafka_broker, topic):
+    alerts = [make_alert(i, detector=d) for i, d in enumerate(["scam", "power-seeking", "scam"])]
+    with _pipeline(tmp_path, kafka_broker.bootstrap, topic=topic, per_detector_topics=True) as pipeline:
+        pipeline.emit_many(alerts)
+        assert pipeline.flush(30)
+    scam = read_topic(kafka_broker.bootstrap, f"{topic}.scam", expect=2)
+    power = read_topic(kafka_broker.bootstrap, f"{topic}.power-seeking", expect=1)
+    assert [json.loads(r.value)["event_id"] for r in scam] == [alerts[0].event_id, alerts[2].event_id]
+    assert [json.loads(r.value)["event_id"] for r in power] == [alerts[1].event_id]
+
+
+def test_broker_absent_at_start_then_pending_rows_go_first_in_order(tmp_path):
+    """Emitting works with no broker at all; when one appears the backlog is delivered in order."""
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    topic = "late-broker"
+    early = [make_alert(i, request_id=f"r{i % 3}") for i in range(30)]
+    pipeline = _pipeline(tmp_path, bootstrap, topic=topic).start()
+    try:
+        assert all(r.durable for r in pipeline.emit_many(early))
+        assert not pipeline.flush(1.0)
+        assert pipeline.stats().outbox.pending == 30
+
+        broker = TansuBroker(tmp_path)
+        broker.port = port
+        broker.start()
+        try:
+            late = [make_alert(100 + i, request_id=f"r{i % 3}") for i in range(9)]
+            pipeline.emit_many(late)
+            wait_until(lambda: pipeline.stats().outbox.pending == 0, 60, what="backlog delivered")
+            records = read_topic(bootstrap, topic, expect=39)
+        finally:
+            broker.kill()
+    finally:
+        pipeline.close(2)
+    seen = [json.loads(r.value) for r in records]
+    assert {s["event_id"] for s in seen} == {a.event_id for a in early + late}
+    for rid in ("r0", "r1", "r2"):
+        got = [s["event_id"] for s in seen if s["request_id"] == rid]
+        assert got == [a.event_id for a in early + late if a.request_id == rid]
+
+
+def test_close_is_bounded_when_the_broker_is_gone(tmp_path):
+    import time
+
+    pipeline = _pipeline(tmp_path, f"127.0.0.1:{free_port()}", topic="nowhere").start()
+    pipeline.emit(make_alert())
+    t0 = time.monotonic()
+    pipeline.close(timeout_s=1.5)
+    assert time.monotonic() - t0 < 8
+    with AlertOutbox(tmp_path / "outbox.sqlite3") as box:
+        assert box.pending_count() == 1  # left for the next start
