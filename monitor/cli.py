@@ -112,6 +112,46 @@ def _first_tokens(shards, n: int):
     return out
 
 
+def cmd_sae_eval(args: argparse.Namespace) -> int:
+    from monitor.models import load_model
+    from monitor.sae_data import build_documents, default_data_dir, file_sequences
+    from monitor.sae_eval import evaluate_sae
+
+    import torch
+
+    sae = _load_sae_arg(args.sae)
+    lm = load_model(args.model)
+    if args.data:
+        try:
+            seqs = file_sequences(lm.tokenizer, Path(args.data), context=args.context, limit=args.limit,
+                                  fmt=args.format)
+        except (FileNotFoundError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        source = args.data
+    else:
+        docs = build_documents(lm.tokenizer, default_data_dir(), context=args.context)
+        seqs = [d.input_ids for d in docs if d.split == "test"][: args.limit]
+        source = "held-out (test split) documents of the training token stream"
+    if not seqs:
+        raise UsageError("no sequences of at least 2 tokens to evaluate")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    metrics = evaluate_sae(lm, sae, seqs, layer=args.layer, progress=not args.json)
+    result = {**metrics.to_dict(), "sae_sha256": sae.sha256, "data": source}
+    if args.write_metrics:
+        out = Path(args.sae or "") / "metrics.json" if args.sae else None
+        from monitor.artifacts import default_sae_dir
+
+        target = out or (default_sae_dir() / "metrics.json")
+        target.write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>18}  {v:.4f}" if isinstance(v, float) else f"{k:>18}  {v}")
+    return 0
+
+
 def cmd_sae_hash(args: argparse.Namespace) -> int:
     from monitor.sae import FrozenSAE
 
@@ -156,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     tr.add_argument("--out", required=True, help="run folder: checkpoint.pt and final/ are written here")
     tr.set_defaults(func=cmd_sae_train)
+
+    ev = sae.add_parser("eval", help="FVU, L0, dead latents, CE loss recovered and KL on held-out text")
+    ev.add_argument("--sae", help="SAE directory (default: the shipped one)")
+    ev.add_argument("--data", help=".jsonl or .txt file (default: held-out documents of the training stream)")
+    ev.add_argument("--format", default="auto", choices=["auto", "text", "chat"],
+                    help="how .jsonl rows become sequences (auto: chat when a row has turns)")
+    ev.add_argument("--limit", type=int, default=400, help="sequences evaluated")
+    ev.add_argument("--context", type=int, default=256, help="tokens per sequence")
+    ev.add_argument("--model", default=DEFAULT_MODEL_ID)
+    ev.add_argument("--layer", type=int, default=DEFAULT_LAYER)
+    ev.add_argument("--threads", type=int, default=0)
+    ev.add_argument("--write-metrics", action="store_true", help="also write metrics.json beside the SAE")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_sae_eval)
 
     hs = sae.add_parser("hash", help="print the sha256 an SAE is pinned by")
     hs.add_argument("path")

@@ -85,3 +85,43 @@ def build_documents(tokenizer, data_dir: Path, *, context: int = 256, seed: int 
                     docs.append(Document(chat.input_ids, chat.roles, rel, split_of(group_key(row))))
     random.Random(seed).shuffle(docs)
     return docs
+
+
+def file_sequences(tokenizer, path: Path, *, context: int = 256, limit: int | None = None,
+                   fmt: str = "auto") -> list[torch.Tensor]:
+    """Token sequences from a user file, for evaluation.
+
+    ``.txt``: the whole text cut into ``context``-token windows. ``.jsonl``: one row per line with
+    ``text`` (and optionally ``prompt``/``response``); with ``fmt="chat"`` (or ``auto`` when a row has a
+    prompt/response or a ``Human:``/``User:`` turn) each row is rendered with the chat template,
+    otherwise its text is cut into windows. ``limit``: at most this many sequences.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    if fmt not in ("auto", "text", "chat"):
+        raise ValueError(f"format must be auto, text or chat, not {fmt!r}")
+    seqs: list[torch.Tensor] = []
+
+    def windows(text: str) -> None:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids), context):
+            if len(ids) - start >= 2:
+                seqs.append(torch.tensor(ids[start : start + context], dtype=torch.int64))
+
+    if path.suffix == ".txt":
+        windows(path.read_text())
+    elif path.suffix == ".jsonl":
+        for n, row in enumerate(read_jsonl(path)):
+            if not isinstance(row, dict) or not isinstance(row.get("text", row.get("prompt")), str):
+                raise ValueError(f"{path}:{n + 1}: each row needs a string 'text' (or 'prompt' and 'response')")
+            messages = row_messages(row)
+            chat = fmt == "chat" or (fmt == "auto" and (len(messages) > 1 or "prompt" in row))
+            if chat:
+                seqs.append(render_chat(tokenizer, messages, max_tokens=context).input_ids)
+            else:
+                windows(row["text"])
+            if limit and len(seqs) >= limit:
+                break
+    else:
+        raise ValueError(f"{path}: use a .txt or .jsonl file")
+    return seqs[:limit] if limit else seqs

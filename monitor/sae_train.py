@@ -6,8 +6,8 @@ Recipe (Gao et al. 2024 "Scaling and evaluating sparse autoencoders"; Bussmann e
 * ``b_dec`` starts at the data mean; decoder rows have unit norm (renormalised after every step, and
   the gradient component along each row removed); the encoder starts as the decoder transpose;
 * BatchTopK: the ``k * batch`` largest pre-activations of the whole batch survive, so tokens get a
-  varying number of latents; at inference a single global threshold (the running mean of the smallest
-  surviving activation) replaces the batch, which makes the SAE a JumpReLU SAE whose latents each
+  varying number of latents; at inference a single global threshold (set after training where a
+  batch of 32k training tokens would be cut) replaces the batch, which makes the SAE a JumpReLU SAE whose latents each
   depend on their own encoder column only: the sidecar computes only the latents it needs, exactly;
 * AuxK: latents that have not fired for ``dead_after_tokens`` tokens are "dead"; the top ``aux_k`` of
   their pre-activations must reconstruct the residual error (loss weight ``aux_coef``), which revives them;
@@ -58,8 +58,8 @@ class TrainConfig:
     """Weight of the AuxK loss."""
     dead_after_tokens: int = 250_000
     """A latent silent for this many tokens counts as dead."""
-    threshold_momentum: float = 0.99
-    """EMA momentum of the inference threshold."""
+    threshold_tokens: int = 32_768
+    """Tokens used after training to set the global inference threshold."""
     max_norm_ratio: float = 10.0
     """Tokens whose norm exceeds this multiple of the median are left out (attention-sink-like outliers)."""
     checkpoint_every: int = 200
@@ -223,16 +223,11 @@ def train_sae(store: ActivationStore, out: Path, cfg: TrainConfig, *, model_name
             fired[cols] = True
             since_fired += x.shape[0]
             since_fired[fired] = 0
-            batch_min = vals.min() if vals.numel() else torch.tensor(0.0)
-            if sae.threshold < 0:
-                sae.threshold.fill_(float(batch_min))
-            else:
-                sae.threshold.mul_(cfg.threshold_momentum).add_((1 - cfg.threshold_momentum) * batch_min)
         step += 1
         bar.update(1)
         if step % 10 == 0 or step == total_steps:
             rate = (step - s0) * cfg.batch_tokens / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{float(loss):.4f}", fvu=f"{float(fvu):.3f}", l0=f"{len(vals) / x.shape[0]:.1f}",
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", fvu=f"{float(fvu.detach()):.3f}", l0=f"{len(vals) / x.shape[0]:.1f}",
                             dead=f"{n_dead / cfg.d_sae:.3f}", tok_s=f"{rate:,.0f}")
         if step % cfg.checkpoint_every == 0 or step == total_steps:
             tmp = out / "checkpoint.pt.tmp"
@@ -241,12 +236,28 @@ def train_sae(store: ActivationStore, out: Path, cfg: TrainConfig, *, model_name
                         "gen": store.gen.get_state(), "order": order}, tmp)
             os.replace(tmp, ckpt)
     bar.close()
+    set_global_threshold(sae, store, scale, cfg.threshold_tokens)
     frozen = to_frozen(sae, scale, model_name=model_name, hook_name=hook_name, metadata={
         "training": {**asdict(cfg), "tokens_seen": step * cfg.batch_tokens, "steps": step,
                      "n_train_tokens": len(store), "outliers_removed": store.n_outliers},
         "dataset": dataset, "input_scale": scale})
     frozen.save(out / "final")
     return frozen
+
+
+@torch.no_grad()
+def set_global_threshold(sae: BatchTopKSAE, store: ActivationStore, scale: float, n_tokens: int) -> float:
+    """Set the inference threshold to the value a batch of ``n_tokens`` would cut at: the
+    ``k * n``-th largest pre-activation, so that the mean L0 at inference equals ``k`` on training data.
+    (An EMA of per-batch minima, the usual estimate, lags badly when training has few steps.)"""
+    n = min(n_tokens, len(store))
+    idx = torch.randperm(len(store), generator=torch.Generator().manual_seed(1))[:n]
+    per_row = min(4 * sae.k, sae.W_enc.shape[1])
+    cands = torch.cat([sae.pre(store.data[idx[i : i + 4096]].float() * scale).topk(per_row, dim=1).values.flatten()
+                       for i in range(0, n, 4096)])
+    thr = float(cands.topk(sae.k * n).values.min())
+    sae.threshold.fill_(thr)
+    return thr
 
 
 @torch.no_grad()

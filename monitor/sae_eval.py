@@ -1,0 +1,150 @@
+"""``safety-monitor sae eval``: how well an SAE reconstructs activations, and what that costs the model.
+
+Two kinds of numbers:
+
+* activation level, on held-out tokens: fraction of variance unexplained
+  ``FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``, mean L0 (active latents per token), and the
+  dead fraction (latents never active on the evaluated tokens);
+* model level: next-token cross-entropy with the SAE reconstruction spliced into the residual stream
+  at layer L, against the clean model and against zero-ablating that layer's output:
+  ``CE loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)``, and the mean KL divergence
+  ``KL(p_clean || p_sae)`` per token.
+
+Position 0 of each sequence (the attention sink) is never spliced or scored: it is left as the
+model computed it, exactly as it is left out of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from monitor.models import LoadedModel
+from monitor.sae import FrozenSAE
+from monitor.tap import resolve_module
+
+
+@dataclass
+class SAEMetrics:
+    """Evaluation of one SAE on one token set."""
+
+    fvu: float
+    """Fraction of variance unexplained (lower is better; target <= 0.15)."""
+    l0: float
+    """Mean active latents per token."""
+    dead_fraction: float
+    """Share of latents never active on the evaluated tokens."""
+    ce_clean: float
+    """Next-token cross-entropy of the unmodified model (nats)."""
+    ce_sae: float
+    """Cross-entropy with the reconstruction spliced in at layer L."""
+    ce_zero: float
+    """Cross-entropy with layer L's output zeroed."""
+    ce_loss_recovered: float
+    """(ce_zero - ce_sae) / (ce_zero - ce_clean); target >= 0.90."""
+    kl_div: float
+    """Mean KL(clean || spliced) per scored token (nats)."""
+    n_tokens: int
+    """Tokens scored (position 0 and padding excluded)."""
+    n_sequences: int
+    """Sequences evaluated."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Splice:
+    """Forward hook that replaces a layer's output at positions >= 1 (mode: ``sae``, ``zero``)."""
+
+    def __init__(self, sae: FrozenSAE) -> None:
+        self.sae = sae
+        self.mode = "clean"
+
+    def __call__(self, module, args, output):
+        if self.mode == "clean":
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = hidden.clone()
+        if self.mode == "zero":
+            new[:, 1:] = 0
+        else:
+            b, t, d = hidden.shape
+            rec = self.sae.reconstruct(hidden[:, 1:].reshape(-1, d)).to(hidden.dtype)
+            new[:, 1:] = rec.reshape(b, t - 1, d)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+@torch.no_grad()
+def evaluate_sae(lm: LoadedModel, sae: FrozenSAE, sequences: list[torch.Tensor], *, layer: int,
+                 batch_size: int = 8, module_path: str = "model.layers.{layer}", progress: bool = True) -> SAEMetrics:
+    """Evaluate ``sae`` on ``sequences`` (each ``[n]`` int64 token ids, n >= 2) read by ``lm``."""
+    module = resolve_module(lm.model, module_path.format(layer=layer))
+    splice = _Splice(sae)
+    captured: list[torch.Tensor] = []
+
+    def capture(mod, args, output):
+        if splice.mode == "clean":
+            captured.append((output[0] if isinstance(output, tuple) else output).detach())
+
+    handles = [module.register_forward_hook(capture), module.register_forward_hook(splice)]
+    pad = lm.tokenizer.pad_token_id or 0
+    sse = sum_x = sum_x2 = 0.0
+    n_act = 0
+    l0_sum = 0.0
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    kl_sum = 0.0
+    n_scored = 0
+    try:
+        for i in tqdm(range(0, len(sequences), batch_size), disable=not progress, desc="eval SAE", unit="batch"):
+            chunk = [s for s in sequences[i : i + batch_size] if len(s) >= 2]
+            if not chunk:
+                continue
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.int64)
+            mask = torch.zeros(len(chunk), width, dtype=torch.int64)
+            for r, s in enumerate(chunk):
+                ids[r, : len(s)] = s
+                mask[r, : len(s)] = 1
+            valid = mask.bool()
+            valid[:, 0] = False  # the attention sink
+            # next-token targets at positions 1..T-2 (predicting the token after each)
+            score = valid[:, :-1] & mask[:, 1:].bool()
+            logp = {}
+            for mode in ("clean", "sae", "zero"):
+                splice.mode = mode
+                captured.clear()
+                logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                lp = F.log_softmax(logits, dim=-1)
+                nll = -lp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+                ce[mode] += float(nll[score].sum())
+                logp[mode] = lp[score]
+                if mode == "clean":
+                    x = captured[0][valid].float()
+                    z = sae.encode(x)
+                    x_hat = sae.reconstruct(x)
+                    sse += float((x - x_hat).pow(2).sum())
+                    sum_x = sum_x + x.sum(0).double()
+                    sum_x2 += float(x.double().pow(2).sum())
+                    n_act += x.shape[0]
+                    active = z > 0
+                    l0_sum += float(active.sum())
+                    fired |= active.any(0).cpu()
+            kl_sum += float((logp["clean"].exp() * (logp["clean"] - logp["sae"])).sum())
+            n_scored += int(score.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    if n_act == 0 or n_scored == 0:
+        raise ValueError("no tokens to evaluate: give sequences of at least 2 tokens")
+    total_var = sum_x2 - float((sum_x * sum_x).sum()) / n_act
+    ce_clean, ce_sae, ce_zero = (ce[m] / n_scored for m in ("clean", "sae", "zero"))
+    return SAEMetrics(
+        fvu=sse / total_var, l0=l0_sum / n_act, dead_fraction=float((~fired).float().mean()),
+        ce_clean=ce_clean, ce_sae=ce_sae, ce_zero=ce_zero,
+        ce_loss_recovered=(ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
+        kl_div=kl_sum / n_scored, n_tokens=n_act, n_sequences=len(sequences),
+    )
