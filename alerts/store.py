@@ -441,12 +441,15 @@ class DashboardStore:
             self._note_failure(exc, write=False)
             health = self.store_health()
             if self._last_summary is not None:
-                return self._last_summary.model_copy(
+                last = self._last_summary
+                aged = [i.model_copy(update={"age_s": max(0.0, (now - i.time).total_seconds())}) for i in last.instances]
+                return last.model_copy(
                     update={
                         "generated_at": now,
                         "stale": True,
                         "stale_reason": health.stale_reason,
                         "store": health,
+                        "instances": aged,
                     }
                 )
             return DashboardSummary(
