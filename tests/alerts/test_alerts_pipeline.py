@@ -93,3 +93,22 @@ def test_format_alert_shows_latents_and_snippet():
     assert "#1004(wire-transfer urgency)=4.5" in line
     assert "'please wire $5000'" in line
     assert "score 2.4 >= 1.5" in line
+
+
+def test_prometheus_metrics(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from alerts.metrics import AlertMetricsCollector
+
+    outbox = AlertOutbox(OutboxConfig(path=str(tmp_path / "o.sqlite3"), max_rows=2))
+    pipeline = AlertPipeline(outbox=outbox, store=InMemoryDashboardStore(StoreConfig(model="m")))
+    pipeline.emit_many([make_alert(i, severity="low") for i in range(3)])
+    registry = CollectorRegistry()
+    registry.register(AlertMetricsCollector(pipeline))
+    text = generate_latest(registry).decode()
+    pipeline.close()
+    assert "safety_monitor_alerts_emitted_total 3.0" in text
+    assert "safety_monitor_alerts_outbox_depth 2.0" in text
+    assert 'safety_monitor_alerts_dropped_total{severity="low"} 1.0' in text
+    assert "safety_monitor_dashboard_store_stale 0.0" in text
+    assert "safety_monitor_alerts_outbox_oldest_pending_age_seconds" in text

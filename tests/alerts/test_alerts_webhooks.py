@@ -4,12 +4,10 @@ real HTTP endpoints with retries and a dead-letter topic."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from alerts_testkit import make_alert, read_topic
+from alerts_testkit import Receiver, make_alert, read_topic
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -26,40 +24,6 @@ from alerts.webhooks import (
     sign,
     verify_signature,
 )
-
-
-class Receiver:
-    """A real HTTP server; ``plan[path]`` is the list of status codes to answer, last one repeats."""
-
-    def __init__(self) -> None:
-        self.plan: dict[str, list[int]] = {}
-        self.requests: list[tuple[str, dict[str, str], bytes, float]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((self.path, dict(self.headers), body, time.monotonic()))
-                plan = receiver.plan.get(self.path, [200])
-                code = plan.pop(0) if len(plan) > 1 else plan[0]
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def to(self, path: str) -> list[tuple[str, dict[str, str], bytes, float]]:
-        return [r for r in self.requests if r[0] == path]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture()
