@@ -1,0 +1,118 @@
+"""Scoring detectors over streamed tokens: per-request running aggregates, bounded memory.
+
+A request reaches the sidecar as a prefill chunk and then many one-token decode chunks. ``DetectorBank``
+holds the detectors of one SAE: the union of their latents (the only columns the SAE computes) and,
+per detector, where its latents sit in that union. ``RequestScores`` keeps, per detector, a running
+max (or sum and count) per latent over the tokens of its role span, so the score after any chunk
+equals the score of the whole request so far, in O(latents) memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from detectors.spec import DetectorSpec
+from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE
+
+_SPAN_ROLES = {"prompt": (ROLE_PROMPT,), "response": (ROLE_RESPONSE,), "all": (ROLE_PROMPT, ROLE_RESPONSE)}
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    spec: DetectorSpec
+    cols: torch.Tensor  # positions of this detector's latents in the bank's union
+    weights: torch.Tensor  # [k]
+    roles: tuple[int, ...]
+
+
+class DetectorBank:
+    """The detectors scored together on one SAE; ``latents`` is what the SAE must compute."""
+
+    def __init__(self, specs: list[DetectorSpec]) -> None:
+        self.specs = list(specs)
+        union = sorted({i for s in specs for i in s.latents})
+        self.latents: list[int] = union
+        """Sorted union of all detectors' latent ids: pass to ``FrozenSAE.encode_latents``."""
+        where = {lat: j for j, lat in enumerate(union)}
+        self._compiled = [
+            _Compiled(s, torch.tensor([where[i] for i in s.latents], dtype=torch.long),
+                      torch.tensor(s.weights, dtype=torch.float32), _SPAN_ROLES[s.span])
+            for s in specs
+        ]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def new_request(self) -> RequestScores:
+        return RequestScores(self)
+
+    def token_contributions(self, z: torch.Tensor, detector: int) -> torch.Tensor:
+        """``weight_j * z_tj`` for one detector: ``[n_tokens, k]`` (what each latent adds per token)."""
+        c = self._compiled[detector]
+        return z[:, c.cols].float() * c.weights
+
+
+class RequestScores:
+    """Running aggregates of one request for every detector of a bank."""
+
+    def __init__(self, bank: DetectorBank) -> None:
+        self.bank = bank
+        n = len(bank.latents)
+        self.n_tokens = 0
+        # Per role: running max and sum of every union latent, and the token count; detectors pick theirs.
+        self._max = {r: torch.zeros(n) for r in (ROLE_PROMPT, ROLE_RESPONSE)}
+        self._sum = {r: torch.zeros(n) for r in (ROLE_PROMPT, ROLE_RESPONSE)}
+        self._count = {ROLE_PROMPT: 0, ROLE_RESPONSE: 0}
+
+    def update(self, z: torch.Tensor, roles: torch.Tensor) -> None:
+        """Add tokens: ``z [n, len(bank.latents)]`` latent values, ``roles [n]`` uint8."""
+        if z.shape[0] == 0:
+            return
+        z = z.float()
+        self.n_tokens += z.shape[0]
+        for r in (ROLE_PROMPT, ROLE_RESPONSE):
+            sel = roles == r
+            n = int(sel.sum())
+            if n == 0:
+                continue
+            zr = z[sel]
+            self._max[r] = torch.maximum(self._max[r], zr.max(dim=0).values)  # latents are >= 0
+            self._sum[r] += zr.sum(dim=0)
+            self._count[r] += n
+
+    def features(self, detector: int) -> torch.Tensor | None:
+        """Aggregated latent values ``[k]`` of one detector, or None when its span has no tokens yet."""
+        c = self.bank._compiled[detector]
+        count = sum(self._count[r] for r in c.roles)
+        if count == 0:
+            return None
+        if c.spec.aggregation == "max":
+            agg = torch.stack([self._max[r] for r in c.roles]).max(dim=0).values
+        else:
+            agg = sum(self._sum[r] for r in c.roles) / count
+        return agg[c.cols]
+
+    def score(self, detector: int) -> float | None:
+        """``bias + weights . features``, or None when the span has no tokens yet."""
+        f = self.features(detector)
+        if f is None:
+            return None
+        c = self.bank._compiled[detector]
+        return float(c.spec.bias + (c.weights * f).sum())
+
+    def scores(self) -> dict[str, float | None]:
+        return {s.name: self.score(i) for i, s in enumerate(self.bank.specs)}
+
+
+def score_tokens(spec: DetectorSpec, z: torch.Tensor, roles: torch.Tensor) -> float | None:
+    """Score one whole request in one go (offline jobs): ``z [n, len(spec.latents)]`` in spec order."""
+    bank = DetectorBank([spec])
+    order = torch.tensor([bank.latents.index(i) for i in spec.latents])
+    zz = torch.zeros(z.shape[0], len(bank.latents))
+    zz[:, order] = z.float()
+    req = bank.new_request()
+    req.update(zz, roles)
+    return req.score(0)
