@@ -116,7 +116,8 @@ def test_batched_generate_attributes_tokens_to_the_right_requests(lm):
         assert got.roles[n_prompt:].tolist() == [ROLE_RESPONSE] * len(fed)
         assert got.positions.tolist() == list(range(n_prompt + len(fed)))
         # Compare with this request alone (no padding, no batch neighbours, one teacher-forced forward).
-        alone = _collect(model, LAYER, lambda: model(input_ids=got.token_ids.long()[None]), [rid],
+        ids_alone = got.token_ids.long()[None]
+        alone = _collect(model, LAYER, lambda ids=ids_alone: model(input_ids=ids), [rid],
                          dtype=torch.float32).tokens_by_request()[rid]
         torch.testing.assert_close(got.activations.float(), alone.activations, rtol=2e-3, atol=5e-2)
     # Neighbouring requests' rows are far apart, so a swap could not pass the comparison above.
@@ -206,9 +207,8 @@ def test_close_leaves_no_hooks_and_is_idempotent(lm):
     model(**lm.tokenizer(["after close"], return_tensors="pt"))
     assert sink.batches == [] and tap.stats.untracked_calls == 0
     # The context manager closes too, also when the body raises.
-    with pytest.raises(KeyError):
-        with ActivationTap(model, layer=LAYER, sink=sink):
-            raise KeyError("boom")
+    with pytest.raises(KeyError), ActivationTap(model, layer=LAYER, sink=sink):
+        raise KeyError("boom")
     assert _no_tap_hooks(model)
 
 
@@ -236,12 +236,10 @@ def test_track_arguments_and_module_path(lm):
     with ActivationTap(model, layer=3, sink=sink, module_path="model.layers.{layer}") as tap:
         with tap.track(batch_size=2) as ids:
             assert len(ids) == 2 and len(set(ids)) == 2
-            with pytest.raises(RuntimeError, match="do not nest"):
-                with tap.track(["x"]):
-                    pass
-        with pytest.raises(ValueError, match="request_ids or batch_size"):
-            with tap.track():
+            with pytest.raises(RuntimeError, match="do not nest"), tap.track(["x"]):
                 pass
+        with pytest.raises(ValueError, match="request_ids or batch_size"), tap.track():
+            pass
     with pytest.raises(ValueError, match=r"module path 'model.layers.99' does not exist .*failed at '99'"):
         resolve_module(model, "model.layers.99")
     with pytest.raises(ValueError, match="failed at 'transformer'"):

@@ -73,16 +73,16 @@ def valid_batch(n_per_request=(3, 0, 2), d_in: int = 4, dtype=torch.float16, **o
     offsets = [0]
     for c in n_per_request:
         offsets.append(offsets[-1] + c)
-    fields = dict(
-        activations=torch.arange(n * d_in, dtype=torch.float32).reshape(n, d_in).to(dtype) / 7,
-        token_ids=torch.arange(n, dtype=torch.int32) + 100,
-        positions=torch.tensor([p for c in n_per_request for p in range(c)], dtype=torch.int32),
-        roles=torch.tensor([ROLE_PROMPT] * (n - 1) + [ROLE_RESPONSE] if n else [], dtype=torch.uint8),
-        offsets=torch.tensor(offsets, dtype=torch.int64),
-        request_ids=[f"req-{i}" for i in range(len(n_per_request))],
-        final=[i % 2 == 0 for i in range(len(n_per_request))],
-        model="smollm2-135m-instruct", hook="blocks.15.hook_resid_post", sae_sha256="",
-    )
+    fields = {
+        "activations": torch.arange(n * d_in, dtype=torch.float32).reshape(n, d_in).to(dtype) / 7,
+        "token_ids": torch.arange(n, dtype=torch.int32) + 100,
+        "positions": torch.tensor([p for c in n_per_request for p in range(c)], dtype=torch.int32),
+        "roles": torch.tensor([ROLE_PROMPT] * (n - 1) + [ROLE_RESPONSE] if n else [], dtype=torch.uint8),
+        "offsets": torch.tensor(offsets, dtype=torch.int64),
+        "request_ids": [f"req-{i}" for i in range(len(n_per_request))],
+        "final": [i % 2 == 0 for i in range(len(n_per_request))],
+        "model": "smollm2-135m-instruct", "hook": "blocks.15.hook_resid_post", "sae_sha256": "",
+    }
     fields.update(overrides)
     return ActivationBatch(**fields)
 
