@@ -233,3 +233,55 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class TopicCollector:
+    """A background consumer (no group) that records every message of a topic from offset 0."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50,
+                                      reconnect_backoff_max_ms=500)
+        deadline = time.monotonic() + 20
+        while not self.consumer.partitions_for_topic(topic):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic} has no partitions")
+            time.sleep(0.05)
+        self.parts = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
+        self.consumer.assign(self.parts)
+        self.consumer.seek_to_beginning()
+        self.records: list[Any] = []
+        self._lock = threading.Lock()
+        self._io = threading.Lock()  # KafkaConsumer is not thread-safe
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._io:
+                batch = self.consumer.poll(timeout_ms=50)
+            with self._lock:
+                for msgs in batch.values():
+                    self.records.extend(msgs)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.records)
+
+    def caught_up(self) -> bool:
+        """Every message the broker holds right now has been collected."""
+        with self._lock:
+            got: dict[int, int] = {}
+            for r in self.records:
+                got[r.partition] = max(got.get(r.partition, -1), r.offset)
+        with self._io:
+            ends = self.consumer.end_offsets(self.parts)
+        return all(got.get(tp.partition, -1) + 1 >= end for tp, end in ends.items())
+
+    def close(self) -> list[Any]:
+        self._stop.set()
+        self._thread.join(5)
+        self.consumer.close(autocommit=False)
+        return self.records
