@@ -190,3 +190,16 @@ def write_dictionary_learning(path: Path, dict_class: str, w: dict[str, torch.Te
     cfg = {"trainer": trainer, "buffer": {"d_submodule": d_in, "ctx_len": 128, "refresh_batch_size": 32}}
     (path / "config.json").write_text(json.dumps(cfg))
     return WrittenSAE(path, "dictionary_learning", native, cfg, dict_class)
+
+
+@pytest.fixture(scope="session")
+def kit():
+    """The SAE helpers above, as a fixture: test modules must not ``import conftest`` (another
+    ``conftest`` module, e.g. ``tests/alerts/conftest.py``, may own that name in ``sys.modules``)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        D_IN=D_IN, D_SAE=D_SAE, K=K, random_weights=random_weights, random_inputs=random_inputs,
+        write_saelens=write_saelens, write_saelens_flat=write_saelens_flat, write_sparsify=write_sparsify,
+        write_gemmascope=write_gemmascope, write_dictionary_learning=write_dictionary_learning,
+    )
