@@ -19,7 +19,13 @@ import sys
 import threading
 from typing import Any
 
-from alerts.config import DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_NAMESPACE, DEFAULT_TOPIC, KafkaConnection, WebhookRouterConfig
+from alerts.config import (
+    DEFAULT_DEAD_LETTER_TOPIC,
+    DEFAULT_NAMESPACE,
+    DEFAULT_TOPIC,
+    KafkaConnection,
+    WebhookRouterConfig,
+)
 from alerts.schema import Severity
 
 
@@ -30,50 +36,91 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     tail = sub.add_parser("tail", help="print alerts from the Kafka topic as they arrive")
     _kafka_args(tail)
-    tail.add_argument("--group", default=None,
-                      help="consumer group (commits offsets); default: none, read all partitions without committing")
-    tail.add_argument("--from-beginning", action="store_true",
-                      help="start at the oldest retained alert instead of new ones")
-    tail.add_argument("--detector", action="append", default=None, metavar="NAME",
-                      help="only this detector (repeatable)")
-    tail.add_argument("--min-severity", type=_severity, default=None, metavar="{low,medium,high,critical}",
-                      help="only alerts at least this severe")
-    tail.add_argument("--model", action="append", default=None, metavar="ID", help="only this model (repeatable)")
+    tail.add_argument(
+        "--group",
+        default=None,
+        help="consumer group (commits offsets); default: none, read all partitions without committing",
+    )
+    tail.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest retained alert instead of new ones"
+    )
+    tail.add_argument(
+        "--detector", action="append", default=None, metavar="NAME", help="only this detector (repeatable)"
+    )
+    tail.add_argument(
+        "--min-severity",
+        type=_severity,
+        default=None,
+        metavar="{low,medium,high,critical}",
+        help="only alerts at least this severe",
+    )
+    tail.add_argument(
+        "--model", action="append", default=None, metavar="ID", help="only this model (repeatable)"
+    )
     tail.add_argument("--json", action="store_true", help="print each alert as one JSON line")
     tail.add_argument("--max-messages", type=int, default=None, metavar="N", help="exit after N alerts")
-    tail.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
-                      help="exit after this long without messages")
-    tail.add_argument("--max-poll-interval-ms", type=int, default=300_000,
-                      help="consumer-group liveness bound (with --group); a few seconds suits the Tansu broker")
+    tail.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="exit after this long without messages",
+    )
+    tail.add_argument(
+        "--max-poll-interval-ms",
+        type=int,
+        default=300_000,
+        help="consumer-group liveness bound (with --group); a few seconds suits the Tansu broker",
+    )
     tail.set_defaults(func=run_tail)
 
     route = sub.add_parser("route", help="deliver alerts to the webhook subscriptions registered in Redis")
     _kafka_args(route)
     defaults = WebhookRouterConfig()
     route.add_argument("--group", default=defaults.group_id, help="consumer group shared by all routers")
-    route.add_argument("--redis-url", default="redis://localhost:6379/0",
-                       help="Redis holding the subscriptions (rediss:// for TLS)")
+    route.add_argument(
+        "--redis-url",
+        default="redis://localhost:6379/0",
+        help="Redis holding the subscriptions (rediss:// for TLS)",
+    )
     route.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="Redis key prefix of the subscriptions")
     route.add_argument("--dead-letter-topic", default=DEFAULT_DEAD_LETTER_TOPIC)
-    route.add_argument("--max-attempts", type=int, default=defaults.max_attempts, help="POST attempts per delivery")
+    route.add_argument(
+        "--max-attempts", type=int, default=defaults.max_attempts, help="POST attempts per delivery"
+    )
     route.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s, metavar="SECONDS")
     route.add_argument("--max-poll-interval-ms", type=int, default=defaults.max_poll_interval_ms)
-    route.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
-                       help="exit after this long without messages (default: run until stopped)")
+    route.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="exit after this long without messages (default: run until stopped)",
+    )
     route.set_defaults(func=run_route)
 
-    schema = sub.add_parser("schema", help="print the alert event's JSON Schema (for consumers in any language)")
+    schema = sub.add_parser(
+        "schema", help="print the alert event's JSON Schema (for consumers in any language)"
+    )
     schema.add_argument("output", nargs="?", default=None, help="write to this file instead of stdout")
     schema.set_defaults(func=run_schema)
     return alerts
 
 
 def _kafka_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bootstrap", default=None, metavar="HOST:PORT[,...]",
-                   help="Kafka bootstrap servers (default: $SAFETY_MONITOR_KAFKA_BOOTSTRAP or localhost:9092)")
+    p.add_argument(
+        "--bootstrap",
+        default=None,
+        metavar="HOST:PORT[,...]",
+        help="Kafka bootstrap servers (default: $SAFETY_MONITOR_KAFKA_BOOTSTRAP or localhost:9092)",
+    )
     p.add_argument("--topic", default=DEFAULT_TOPIC, help=f"alert topic (default {DEFAULT_TOPIC})")
-    p.add_argument("--per-detector-topics", action="store_true", help="the sidecar publishes to <topic>.<detector>")
-    p.add_argument("--security-protocol", default=None, choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
+    p.add_argument(
+        "--per-detector-topics", action="store_true", help="the sidecar publishes to <topic>.<detector>"
+    )
+    p.add_argument(
+        "--security-protocol", default=None, choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+    )
     p.add_argument("--sasl-mechanism", default=None, help="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER")
     p.add_argument("--sasl-username", default=None, help="password: $SAFETY_MONITOR_KAFKA_SASL_PASSWORD")
     p.add_argument("--ssl-cafile", default=None)

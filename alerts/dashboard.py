@@ -18,7 +18,13 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
-from alerts.dashboard_models import AlertRates, DashboardSource, DashboardSummary, DetectorThreshold, StoreHealth
+from alerts.dashboard_models import (
+    AlertRates,
+    DashboardSource,
+    DashboardSummary,
+    DetectorThreshold,
+    StoreHealth,
+)
 from alerts.dashboard_page import dashboard_html
 from alerts.schema import Alert
 
@@ -66,14 +72,18 @@ def dashboard_router(
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - Redis down, timeouts
-            raise HTTPException(503, f"dashboard store unavailable ({type(exc).__name__}); data is stale") from None
+            raise HTTPException(
+                503, f"dashboard store unavailable ({type(exc).__name__}); data is stale"
+            ) from None
 
     @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     def dashboard_page() -> HTMLResponse:
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
     @router.get("/v1/dashboard/summary", response_model=DashboardSummary)
-    def summary(minutes: int = Query(60, ge=1, le=1440), recent: int = Query(50, ge=0, le=1000)) -> DashboardSummary:
+    def summary(
+        minutes: int = Query(60, ge=1, le=1440), recent: int = Query(50, ge=0, le=1000)
+    ) -> DashboardSummary:
         data = src().summary(minutes=minutes, recent=recent)
         return data.model_copy(update={"sidecar": sidecar()})
 

@@ -19,9 +19,15 @@ class CalibrationSummary(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     target_fpr: float | None = Field(None, description="False-positive rate the threshold was chosen for.")
-    achieved_fpr: float | None = Field(None, description="False-positive rate measured on held-out benign data.")
-    fpr_ci_low: float | None = Field(None, description="Lower end of the 95% confidence interval of achieved_fpr.")
-    fpr_ci_high: float | None = Field(None, description="Upper end of the 95% confidence interval of achieved_fpr.")
+    achieved_fpr: float | None = Field(
+        None, description="False-positive rate measured on held-out benign data."
+    )
+    fpr_ci_low: float | None = Field(
+        None, description="Lower end of the 95% confidence interval of achieved_fpr."
+    )
+    fpr_ci_high: float | None = Field(
+        None, description="Upper end of the 95% confidence interval of achieved_fpr."
+    )
     recall: float | None = Field(None, description="Recall on held-out positives at this threshold.")
     auroc: float | None = Field(None, description="AUROC on held-out data.")
     datasets: list[str] = Field(default_factory=list, description="Calibration data sets (name@hash).")
@@ -82,7 +88,9 @@ class ScoreHistogram(BaseModel):
     """Distribution of one detector's scores, in units of its threshold (1.0 = at the threshold)."""
 
     detector: str
-    edges: list[float] = Field(description="Lower edge of each bucket of score/threshold; the last bucket is open.")
+    edges: list[float] = Field(
+        description="Lower edge of each bucket of score/threshold; the last bucket is open."
+    )
     counts: list[int]
 
 
@@ -90,7 +98,9 @@ class StoreHealth(BaseModel):
     """State of the dashboard store as seen from this process."""
 
     backend: Literal["redis", "memory"]
-    stale: bool = Field(description="True when Redis could not be reached recently: what is shown may be old.")
+    stale: bool = Field(
+        description="True when Redis could not be reached recently: what is shown may be old."
+    )
     stale_reason: str | None = None
     last_ok_at: datetime | None = Field(None, description="Last successful contact with the store.")
     queue_depth: int = Field(0, description="Writes waiting to be sent.")
@@ -113,7 +123,9 @@ class DashboardSummary(BaseModel):
     histograms: list[ScoreHistogram]
     instances: list[InstanceHealth]
     store: StoreHealth
-    sidecar: dict[str, Any] = Field(default_factory=dict, description="Health of the sidecar serving this page.")
+    sidecar: dict[str, Any] = Field(
+        default_factory=dict, description="Health of the sidecar serving this page."
+    )
 
 
 class DashboardSource(Protocol):

@@ -194,7 +194,7 @@ class KafkaAlertPublisher:
         while not self._stop.is_set():
             try:
                 self._step()
-            except Exception:  # noqa: BLE001 - the loop must survive anything
+            except Exception:
                 log.exception("alert delivery loop error; retrying")
                 self._stop.wait(0.5)
 
@@ -315,8 +315,8 @@ class KafkaAlertPublisher:
         log.warning("recreating Kafka producer after %s: %s", type(exc).__name__, exc)
         try:
             producer.close(timeout=0)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception:  # the producer is being discarded anyway
+            log.debug("closing the old producer failed", exc_info=True)
         self._apply_completions()
         # Whatever was still in flight on the old producer gets retried on the new one.
         if self._inflight:
@@ -346,4 +346,4 @@ def _is_fatal(exc: BaseException) -> bool:
         "ProducerFencedError",
         "IllegalStateError",
         "KafkaConnectionError",
-    } or (hasattr(exc, "retriable") and not getattr(exc, "retriable") and name != "KafkaTimeoutError")
+    } or (hasattr(exc, "retriable") and not exc.retriable and name != "KafkaTimeoutError")

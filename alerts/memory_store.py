@@ -37,7 +37,9 @@ class InMemoryDashboardStore:
 
     backend = "memory"
 
-    def __init__(self, config: StoreConfig, *, health_provider: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, config: StoreConfig, *, health_provider: Callable[[], dict[str, Any]] | None = None
+    ) -> None:
         self.config = config
         self.model = config.model
         self._health_provider = health_provider
@@ -131,7 +133,9 @@ class InMemoryDashboardStore:
         if self._health_provider is not None:
             try:
                 details = {
-                    k: v for k, v in self._health_provider().items() if isinstance(v, (int, float, str, bool)) or v is None
+                    k: v
+                    for k, v in self._health_provider().items()
+                    if isinstance(v, (int, float, str, bool)) or v is None
                 }
             except Exception as exc:  # noqa: BLE001
                 details = {"health_error": str(exc)}

@@ -26,6 +26,7 @@ import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from alerts.config import OutboxConfig
 from alerts.schema import Alert, Severity
@@ -139,10 +140,14 @@ class AlertOutbox:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
         mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal" and str(path) != ":memory:":
-            raise RuntimeError(f"outbox {path}: SQLite refused WAL mode (got {mode!r}); use a local file system")
+            raise RuntimeError(
+                f"outbox {path}: SQLite refused WAL mode (got {mode!r}); use a local file system"
+            )
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._rows, self._bytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        self._rows, self._bytes = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
+        ).fetchone()
         self._appended = 0
         self._duplicates = 0
         self._delivered = 0
@@ -299,7 +304,9 @@ class AlertOutbox:
         """Earliest ``next_attempt_at`` among pending rows, or ``None`` when none is pending."""
         with self._lock:
             self._check_open()
-            return self._db.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'").fetchone()[0]
+            return self._db.execute(
+                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'"
+            ).fetchone()[0]
 
     def prune_delivered(self, now: float | None = None) -> int:
         """Delete delivered rows older than ``delivered_retention_s``; returns how many."""
@@ -326,7 +333,10 @@ class AlertOutbox:
         """Event ids of pending rows, oldest first."""
         with self._lock:
             self._check_open()
-            return [r[0] for r in self._db.execute("SELECT event_id FROM outbox WHERE state = 'pending' ORDER BY seq")]
+            return [
+                r[0]
+                for r in self._db.execute("SELECT event_id FROM outbox WHERE state = 'pending' ORDER BY seq")
+            ]
 
     def stats(self, now: float | None = None) -> OutboxStats:
         now = time.time() if now is None else now
@@ -335,7 +345,9 @@ class AlertOutbox:
             pending, oldest = self._db.execute(
                 "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE state = 'pending'"
             ).fetchone()
-            delivered = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'delivered'").fetchone()[0]
+            delivered = self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'delivered'").fetchone()[
+                0
+            ]
             counters = dict(self._db.execute("SELECT name, value FROM outbox_counters").fetchall())
             return OutboxStats(
                 pending=pending,
@@ -368,7 +380,7 @@ class AlertOutbox:
         if self._closed:
             raise RuntimeError("the alert outbox is closed")
 
-    def __enter__(self) -> AlertOutbox:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from alerts.config import AlertsConfig
 from alerts.dashboard_models import DetectorThreshold, StoreHealth
@@ -101,7 +101,7 @@ class AlertPipeline:
             sinks.append(JsonlSink(config.jsonl_path))
         return cls(outbox=outbox, publisher=publisher, store=store, sinks=sinks)
 
-    def start(self) -> AlertPipeline:
+    def start(self) -> Self:
         """Start the background publisher and store writer (pending outbox rows go out first)."""
         if self.publisher is not None:
             self.publisher.start()
@@ -179,7 +179,10 @@ class AlertPipeline:
     def health(self) -> dict[str, Any]:
         """Flat gauges for heartbeats and health endpoints."""
         s = self.stats()
-        out: dict[str, Any] = {"alerts_emitted_total": s.emitted_total, "alerts_dropped_total": s.dropped_total}
+        out: dict[str, Any] = {
+            "alerts_emitted_total": s.emitted_total,
+            "alerts_dropped_total": s.dropped_total,
+        }
         if s.outbox is not None:
             out["outbox_pending"] = s.outbox.pending
             out["outbox_oldest_pending_age_s"] = round(s.outbox.oldest_pending_age_s or 0.0, 3)
@@ -211,10 +214,10 @@ class AlertPipeline:
         for sink in self.sinks:
             try:
                 sink.close()
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception:  # closing must go on for the other sinks
+                log.debug("closing sink %s failed", type(sink).__name__, exc_info=True)
 
-    def __enter__(self) -> AlertPipeline:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -127,7 +127,9 @@ class TokenSpan(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    start: int = Field(ge=0, description="First token of the span (inclusive), counted from the request's first token.")
+    start: int = Field(
+        ge=0, description="First token of the span (inclusive), counted from the request's first token."
+    )
     end: int = Field(ge=0, description="One past the last token of the span (exclusive).")
     peak: int | None = Field(None, ge=0, description="Token with the highest detector score, if known.")
     role: Literal["prompt", "response"] | None = Field(
@@ -139,7 +141,9 @@ class TokenSpan(BaseModel):
         if self.end <= self.start:
             raise ValueError(f"token_span end ({self.end}) must be greater than start ({self.start})")
         if self.peak is not None and not (self.start <= self.peak < self.end):
-            raise ValueError(f"token_span peak ({self.peak}) must lie in [start, end) = [{self.start}, {self.end})")
+            raise ValueError(
+                f"token_span peak ({self.peak}) must lie in [start, end) = [{self.start}, {self.end})"
+            )
         return self
 
 
@@ -151,7 +155,9 @@ class LatentActivation(BaseModel):
     latent: int = Field(ge=0, description="Latent index in the SAE dictionary.")
     activation: float = Field(description="Latent activation (max over the span).")
     label: str | None = Field(None, max_length=200, description="Human label of the latent, if any.")
-    weight: float | None = Field(None, description="Detector weight of this latent; activation*weight is its contribution.")
+    weight: float | None = Field(
+        None, description="Detector weight of this latent; activation*weight is its contribution."
+    )
 
     @field_validator("activation", "weight")
     @classmethod
@@ -185,15 +191,21 @@ class Alert(BaseModel):
         pattern=_UUID_PATTERN,
         description="UUIDv7, unique per alert; the deduplication key (delivery is at-least-once).",
     )
-    time: AwareDatetime = Field(default_factory=_utcnow, description="When the alert was raised (RFC 3339, UTC).")
+    time: AwareDatetime = Field(
+        default_factory=_utcnow, description="When the alert was raised (RFC 3339, UTC)."
+    )
     model: str = Field(min_length=1, max_length=256, description="Id of the monitored model.")
-    sae_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the frozen SAE weights that produced the latents.")
+    sae_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="sha256 of the frozen SAE weights that produced the latents."
+    )
     detector: str = Field(pattern=_NAME_PATTERN, description="Detector name, e.g. 'scam'.")
     detector_version: str = Field(min_length=1, max_length=64, description="Detector spec version.")
     score: float = Field(description="Detector score of the span.")
     threshold: float = Field(description="Calibrated threshold the score crossed.")
     severity: Severity = Field(description="low, medium, high or critical.")
-    request_id: str = Field(min_length=1, max_length=256, description="Id of the model request; also the Kafka message key.")
+    request_id: str = Field(
+        min_length=1, max_length=256, description="Id of the model request; also the Kafka message key."
+    )
     token_span: TokenSpan
     top_latents: list[LatentActivation] = Field(
         default_factory=list, max_length=64, description="Latents that contributed most, largest first."

@@ -23,7 +23,8 @@ def format_alert(alert: Alert) -> str:
     """One human-readable line: time, severity, detector, score vs threshold, request, span, top latents."""
     span = alert.token_span
     latents = " ".join(
-        f"#{la.latent}" + (f"({la.label})" if la.label else "") + f"={la.activation:.3g}" for la in alert.top_latents[:3]
+        f"#{la.latent}" + (f"({la.label})" if la.label else "") + f"={la.activation:.3g}"
+        for la in alert.top_latents[:3]
     )
     peak = f" peak {span.peak}" if span.peak is not None else ""
     text = f" {alert.snippet!r}" if alert.snippet else ""

@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from alerts.backoff import Backoff
 from alerts.config import RedisConnection, StoreConfig
@@ -92,7 +92,9 @@ class StoreKeys:
         return f"{self.prefix}hb:{instance}"
 
 
-def rates_from_counters(minutes: list[int], counters: list[dict[str, int]], detectors: Iterable[str]) -> AlertRates:
+def rates_from_counters(
+    minutes: list[int], counters: list[dict[str, int]], detectors: Iterable[str]
+) -> AlertRates:
     """Assemble :class:`AlertRates` from per-minute ``{"<detector>|<severity>": count}`` dicts."""
     names = set(detectors)
     for c in counters:
@@ -149,7 +151,7 @@ class DashboardStore:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> DashboardStore:
+    def start(self) -> Self:
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="alerts-redis-store", daemon=True)
@@ -177,7 +179,7 @@ class DashboardStore:
         """Callable returning gauges (numbers, strings) put into each heartbeat's ``details``."""
         self._health_provider = provider
 
-    def __enter__(self) -> DashboardStore:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -222,7 +224,9 @@ class DashboardStore:
         if self._health_provider is not None:
             try:
                 details = {
-                    k: v for k, v in self._health_provider().items() if isinstance(v, (int, float, str, bool)) or v is None
+                    k: v
+                    for k, v in self._health_provider().items()
+                    if isinstance(v, (int, float, str, bool)) or v is None
                 }
             except Exception as exc:  # noqa: BLE001 - a broken provider must not stop heartbeats
                 details = {"health_error": str(exc)}
@@ -371,7 +375,9 @@ class DashboardStore:
                 backend="redis",
                 stale=reason is not None,
                 stale_reason=reason,
-                last_ok_at=None if self._last_ok_at is None else datetime.fromtimestamp(self._last_ok_at, UTC),
+                last_ok_at=None
+                if self._last_ok_at is None
+                else datetime.fromtimestamp(self._last_ok_at, UTC),
                 queue_depth=self._queue.qsize() + len(self._retry),
                 writes_total=self._writes,
                 write_failures_total=self._write_failures,
@@ -442,7 +448,10 @@ class DashboardStore:
             health = self.store_health()
             if self._last_summary is not None:
                 last = self._last_summary
-                aged = [i.model_copy(update={"age_s": max(0.0, (now - i.time).total_seconds())}) for i in last.instances]
+                aged = [
+                    i.model_copy(update={"age_s": max(0.0, (now - i.time).total_seconds())})
+                    for i in last.instances
+                ]
                 return last.model_copy(
                     update={
                         "generated_at": now,
@@ -564,6 +573,7 @@ def _parse_heartbeats(raw: list[Any]) -> list[InstanceHealth]:
         try:
             hb = Heartbeat.model_validate_json(value)
         except Exception:  # noqa: BLE001
+            log.debug("skipping malformed heartbeat %r", value)
             continue
         out.append(InstanceHealth(**hb.model_dump(), age_s=max(0.0, (now - hb.time).total_seconds())))
     return out

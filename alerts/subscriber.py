@@ -151,7 +151,9 @@ def subscribe(
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    connection = bootstrap if isinstance(bootstrap, KafkaConnection) else KafkaConnection(bootstrap_servers=bootstrap)
+    connection = (
+        bootstrap if isinstance(bootstrap, KafkaConnection) else KafkaConnection(bootstrap_servers=bootstrap)
+    )
     wanted = AlertFilter.of(detectors, min_severity, models)
     stats = stats if stats is not None else SubscriberStats()
     dedupe = dedupe if dedupe is not None else DedupeWindow()
@@ -236,7 +238,12 @@ def subscribe(
                     stats.received += 1
                     alert = parse_alert(msg.value, stats)
                     if alert is None:
-                        log.warning("skipping malformed message at %s:%d offset %d", tp.topic, tp.partition, msg.offset)
+                        log.warning(
+                            "skipping malformed message at %s:%d offset %d",
+                            tp.topic,
+                            tp.partition,
+                            msg.offset,
+                        )
                     elif not wanted.matches(alert):
                         stats.filtered += 1
                     elif dedupe.seen(alert.event_id):

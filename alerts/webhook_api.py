@@ -25,11 +25,14 @@ class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(max_length=2048, description="http(s) endpoint that receives signed POSTs.")
-    detectors: list[str] | None = Field(None, max_length=100, description="Only these detectors; omit for all.")
+    detectors: list[str] | None = Field(
+        None, max_length=100, description="Only these detectors; omit for all."
+    )
     min_severity: Severity | None = Field(None, description="Only alerts at least this severe.")
     models: list[str] | None = Field(None, max_length=100, description="Only these models.")
-    secret: str | None = Field(None, min_length=16, max_length=256,
-                               description="Signing secret; generated when omitted.")
+    secret: str | None = Field(
+        None, min_length=16, max_length=256, description="Signing secret; generated when omitted."
+    )
     description: str | None = Field(None, max_length=500)
 
 
@@ -71,8 +74,10 @@ def webhook_admin_router(
         return registry() if callable(registry) else registry
 
     def unavailable(exc: Exception) -> HTTPException:
-        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                             f"webhook registry (Redis) unavailable: {type(exc).__name__}; retry later")
+        return HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"webhook registry (Redis) unavailable: {type(exc).__name__}; retry later",
+        )
 
     @router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookCreated)
     def create(body: WebhookCreate) -> WebhookCreated:

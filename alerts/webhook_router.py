@@ -85,7 +85,9 @@ class WebhookRouter:
         self.connection = connection
         self.registry = registry
         self.config = config or WebhookRouterConfig()
-        self._http = http_client or httpx.Client(timeout=self.config.request_timeout_s, follow_redirects=False)
+        self._http = http_client or httpx.Client(
+            timeout=self.config.request_timeout_s, follow_redirects=False
+        )
         self._dlq = dead_letter_producer
         self._backoff = Backoff(self.config.retry_initial_s, self.config.retry_max_s)
         self._subs: list[WebhookSubscription] = []
@@ -135,10 +137,14 @@ class WebhookRouter:
                 self._subs = self.registry.list()
                 self._subs_at = now
             except Exception as exc:  # noqa: BLE001 - keep routing with the last known list
-                log.warning("cannot read webhook subscriptions from Redis (%s); using the last known list", exc)
+                log.warning(
+                    "cannot read webhook subscriptions from Redis (%s); using the last known list", exc
+                )
         return self._subs
 
-    def deliver(self, sub: WebhookSubscription, alert: Alert, stop: threading.Event | None = None) -> DeliveryResult:
+    def deliver(
+        self, sub: WebhookSubscription, alert: Alert, stop: threading.Event | None = None
+    ) -> DeliveryResult:
         """POST ``alert`` to ``sub.url`` with retries; never raises."""
         body = alert.to_json()
         status: int | None = None
@@ -172,7 +178,9 @@ class WebhookRouter:
                     break
                 if stop is None:
                     time.sleep(delay)
-        log.warning("webhook %s gave up on %s after %d attempt(s): %s", sub.id, alert.event_id, attempt, error)
+        log.warning(
+            "webhook %s gave up on %s after %d attempt(s): %s", sub.id, alert.event_id, attempt, error
+        )
         return DeliveryResult(False, attempt, status, error)
 
     def dead_letter(self, sub: WebhookSubscription, alert: Alert, result: DeliveryResult) -> None:
@@ -193,8 +201,9 @@ class WebhookRouter:
         for attempt in range(1, self.config.max_attempts + 1):
             try:
                 producer = self._dead_letter_producer()
-                producer.send(self.config.dead_letter_topic, key=sub.id.encode(), value=value,
-                              headers=headers).get(timeout=10)
+                producer.send(
+                    self.config.dead_letter_topic, key=sub.id.encode(), value=value, headers=headers
+                ).get(timeout=10)
                 return
             except Exception as exc:  # noqa: BLE001
                 log.warning("dead-letter publish failed (%s), attempt %d", exc, attempt)
@@ -215,6 +224,6 @@ class WebhookRouter:
         if self._dlq is not None:
             try:
                 self._dlq.close(timeout=5)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("dead-letter producer close failed", exc_info=True)
         self._http.close()

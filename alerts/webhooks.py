@@ -73,7 +73,9 @@ class WebhookSubscription(BaseModel):
     detectors: list[str] | None = Field(None, description="Only these detectors; null for all.")
     min_severity: Severity | None = Field(None, description="Only alerts at least this severe; null for all.")
     models: list[str] | None = Field(None, description="Only these models; null for all.")
-    secret: str = Field(default_factory=new_secret, min_length=16, repr=False, description="HMAC signing secret.")
+    secret: str = Field(
+        default_factory=new_secret, min_length=16, repr=False, description="HMAC signing secret."
+    )
     description: str | None = Field(None, max_length=500)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

@@ -75,13 +75,10 @@ class TansuBroker:
     def start(self) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
         self.starts += 1
-        log = open(self.log_dir / f"tansu-{self.port}-{self.starts}.log", "wb")
-        self.proc = subprocess.Popen(
-            [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
+        command = [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                   "--storage-engine", "memory://tansu/"]  # fmt: skip
+        with open(self.log_dir / f"tansu-{self.port}-{self.starts}.log", "wb") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         wait_port(self.port)
 
     def kill(self) -> None:
@@ -117,9 +114,21 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.work_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.work_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_port(self.port)
 
@@ -135,8 +144,16 @@ class RedisServer:
         return redis.Redis.from_url(self.url)
 
 
-def make_alert(i: int = 0, *, request_id: str | None = None, detector: str = "scam", severity: str = "high",
-               model: str = "smollm2-135m", score: float | None = None, **extra: Any) -> Alert:
+def make_alert(
+    i: int = 0,
+    *,
+    request_id: str | None = None,
+    detector: str = "scam",
+    severity: str = "high",
+    model: str = "smollm2-135m",
+    score: float | None = None,
+    **extra: Any,
+) -> Alert:
     """A valid alert; ``i`` varies the score, span and latents."""
     return Alert(
         model=model,
@@ -157,14 +174,14 @@ def make_alert(i: int = 0, *, request_id: str | None = None, detector: str = "sc
     )
 
 
-
 def run_python(args: list[str], **kw: Any) -> subprocess.Popen[str]:
     """Start ``python args...`` from the repository root with the repo importable."""
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=subprocess_env(), text=True, **kw)
 
 
-def read_topic(bootstrap: str, topics: list[str] | str, *, expect: int, timeout_s: float = 30.0,
-               settle_s: float = 0.3) -> list[Any]:
+def read_topic(
+    bootstrap: str, topics: list[str] | str, *, expect: int, timeout_s: float = 30.0, settle_s: float = 0.3
+) -> list[Any]:
     """All records of ``topics`` from the beginning (no consumer group), once at least ``expect``
     have arrived and nothing new came for ``settle_s``; ordered per partition."""
     from kafka import KafkaConsumer, TopicPartition
@@ -175,7 +192,9 @@ def read_topic(bootstrap: str, topics: list[str] | str, *, expect: int, timeout_
         deadline = time.monotonic() + timeout_s
         parts: list[Any] = []
         while time.monotonic() < deadline:
-            parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+            parts = [
+                TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())
+            ]
             if len(parts) and all(consumer.partitions_for_topic(t) for t in topics):
                 break
             consumer.poll(100)
@@ -210,7 +229,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.requests.append((self.path, dict(self.headers), body, time.monotonic()))
                 plan = receiver.plan.get(self.path, [200])
@@ -241,8 +260,12 @@ class TopicCollector:
     def __init__(self, bootstrap: str, topic: str) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50,
-                                      reconnect_backoff_max_ms=500)
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+            reconnect_backoff_max_ms=500,
+        )
         deadline = time.monotonic() + 20
         while not self.consumer.partitions_for_topic(topic):
             if time.monotonic() > deadline:

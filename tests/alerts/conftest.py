@@ -20,7 +20,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kafka: starts the Tansu Kafka broker")
     config.addinivalue_line("markers", "redis: starts redis-server")
     config.addinivalue_line("markers", "browser: drives headless Chromium")
-    config.addinivalue_line("markers", "reliability: fault-injection test; its figures go in docs/reliability.md")
+    config.addinivalue_line(
+        "markers", "reliability: fault-injection test; its figures go in docs/reliability.md"
+    )
 
 
 # ------------------------------------------------------------------------------------ fixtures

@@ -33,8 +33,14 @@ def main() -> int:
     args = p.parse_args()
 
     outbox = AlertOutbox(args.outbox)
-    config = PublisherConfig(topic=args.topic, retry_initial_s=0.05, retry_max_s=0.5, delivery_timeout_ms=5000,
-                             request_timeout_ms=2000, max_block_ms=1000)
+    config = PublisherConfig(
+        topic=args.topic,
+        retry_initial_s=0.05,
+        retry_max_s=0.5,
+        delivery_timeout_ms=5000,
+        request_timeout_ms=2000,
+        max_block_ms=1000,
+    )
     publisher = KafkaAlertPublisher(outbox, KafkaConnection(bootstrap_servers=args.bootstrap), config)
     pipeline = AlertPipeline(outbox=outbox, publisher=publisher).start()
     print("ready", flush=True)
@@ -45,17 +51,31 @@ def main() -> int:
             if delay > 0:
                 time.sleep(delay)
         batch = range(first, min(args.count, first + args.batch))
-        pipeline.emit_many([
-            Alert(model="smollm2-135m", sae_sha256="5" * 64, detector="scam", detector_version="1.0.0",
-                  score=3.0, threshold=1.5, severity="high", request_id=f"req-{i % args.requests}",
-                  token_span={"start": i, "end": i + 1}, instance="publisher-proc")
-            for i in batch
-        ])
+        pipeline.emit_many(
+            [
+                Alert(
+                    model="smollm2-135m",
+                    sae_sha256="5" * 64,
+                    detector="scam",
+                    detector_version="1.0.0",
+                    score=3.0,
+                    threshold=1.5,
+                    severity="high",
+                    request_id=f"req-{i % args.requests}",
+                    token_span={"start": i, "end": i + 1},
+                    instance="publisher-proc",
+                )
+                for i in batch
+            ]
+        )
         print(f"emitted {batch[-1]}", flush=True)
     drained = pipeline.flush(args.drain_timeout)
     stats = pipeline.stats()
-    print(f"drained pending={stats.outbox.pending} published={stats.publisher.published_total} "
-          f"failed={stats.publisher.failed_total} restarts={stats.publisher.producer_restarts_total}", flush=True)
+    print(
+        f"drained pending={stats.outbox.pending} published={stats.publisher.published_total} "
+        f"failed={stats.publisher.failed_total} restarts={stats.publisher.producer_restarts_total}",
+        flush=True,
+    )
     pipeline.close(5)
     return 0 if drained else 1
 

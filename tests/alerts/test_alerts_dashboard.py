@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,25 +22,70 @@ pytestmark = pytest.mark.redis
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 THRESHOLDS = [
-    DetectorThreshold(detector="scam", version="1.2.0", threshold=3.1, concept="scam and fraud e-mails",
-                      calibration=CalibrationSummary(target_fpr=0.01, achieved_fpr=0.011, fpr_ci_low=0.007,
-                                                     fpr_ci_high=0.016, recall=0.93, auroc=0.985,
-                                                     datasets=["enron-benign@3f2a", "scam-mails@91c0"],
-                                                     calibrated_at="2026-11-20")),
-    DetectorThreshold(detector="power-seeking", version="1.0.1", threshold=2.4, concept="power-seeking intent",
-                      calibration=CalibrationSummary(target_fpr=0.01, achieved_fpr=0.013, fpr_ci_low=0.009,
-                                                     fpr_ci_high=0.019, recall=0.71, auroc=0.941,
-                                                     calibrated_at="2026-11-20")),
-    DetectorThreshold(detector="deception", version="0.9.0", threshold=1.8, concept="deceptive intent",
-                      calibration=CalibrationSummary(target_fpr=0.02, achieved_fpr=0.024, fpr_ci_low=0.018,
-                                                     fpr_ci_high=0.031, recall=0.58, auroc=0.84,
-                                                     calibrated_at="2026-11-19")),
-    DetectorThreshold(detector="sycophancy", version="0.1.0", threshold=0.0, status="no_signal",
-                      concept="sycophantic praise (no linear signal in the 135M model)"),
+    DetectorThreshold(
+        detector="scam",
+        version="1.2.0",
+        threshold=3.1,
+        concept="scam and fraud e-mails",
+        calibration=CalibrationSummary(
+            target_fpr=0.01,
+            achieved_fpr=0.011,
+            fpr_ci_low=0.007,
+            fpr_ci_high=0.016,
+            recall=0.93,
+            auroc=0.985,
+            datasets=["enron-benign@3f2a", "scam-mails@91c0"],
+            calibrated_at="2026-11-20",
+        ),
+    ),
+    DetectorThreshold(
+        detector="power-seeking",
+        version="1.0.1",
+        threshold=2.4,
+        concept="power-seeking intent",
+        calibration=CalibrationSummary(
+            target_fpr=0.01,
+            achieved_fpr=0.013,
+            fpr_ci_low=0.009,
+            fpr_ci_high=0.019,
+            recall=0.71,
+            auroc=0.941,
+            calibrated_at="2026-11-20",
+        ),
+    ),
+    DetectorThreshold(
+        detector="deception",
+        version="0.9.0",
+        threshold=1.8,
+        concept="deceptive intent",
+        calibration=CalibrationSummary(
+            target_fpr=0.02,
+            achieved_fpr=0.024,
+            fpr_ci_low=0.018,
+            fpr_ci_high=0.031,
+            recall=0.58,
+            auroc=0.84,
+            calibrated_at="2026-11-19",
+        ),
+    ),
+    DetectorThreshold(
+        detector="sycophancy",
+        version="0.1.0",
+        threshold=0.0,
+        status="no_signal",
+        concept="sycophantic praise (no linear signal in the 135M model)",
+    ),
 ]
 
 LATENTS = {
@@ -52,9 +96,17 @@ LATENTS = {
 
 
 def _store(server, instance: str = "sidecar-0") -> DashboardStore:
-    return DashboardStore(StoreConfig(model=MODEL, instance=instance, heartbeat_interval_s=0.5, retry_initial_s=0.1,
-                                      retry_max_s=0.5, stale_after_s=2.0),
-                          RedisConnection(url=server.url, socket_timeout_s=0.5, socket_connect_timeout_s=0.5))
+    return DashboardStore(
+        StoreConfig(
+            model=MODEL,
+            instance=instance,
+            heartbeat_interval_s=0.5,
+            retry_initial_s=0.1,
+            retry_max_s=0.5,
+            stale_after_s=2.0,
+        ),
+        RedisConnection(url=server.url, socket_timeout_s=0.5, socket_connect_timeout_s=0.5),
+    )
 
 
 def _realistic_alerts(n: int, seed: int = 7) -> list:
@@ -66,23 +118,41 @@ def _realistic_alerts(n: int, seed: int = 7) -> list:
         det = rng.choices(["scam", "power-seeking", "deception"], weights=[5, 2, 3])[0]
         threshold = {t.detector: t.threshold for t in THRESHOLDS}[det]
         ratio = 1 + rng.expovariate(1.5)
-        severity = "critical" if ratio > 2.5 else "high" if ratio > 1.7 else "medium" if ratio > 1.25 else "low"
+        severity = (
+            "critical" if ratio > 2.5 else "high" if ratio > 1.7 else "medium" if ratio > 1.25 else "low"
+        )
         start = rng.randrange(4, 300)
         length = rng.randrange(3, 40)
         lat = rng.sample(LATENTS[det], k=min(2, len(LATENTS[det])))
-        base = make_alert(i, detector=det, severity=severity, model=MODEL, request_id=f"req-{rng.getrandbits(32):08x}",
-                          score=round(threshold * ratio, 3))
-        alerts.append(Alert.model_validate({
-            **base.to_dict(),
-            "threshold": threshold,
-            "time": now - timedelta(minutes=45 * (1 - i / n) ** 1.5, seconds=rng.random() * 30),
-            "token_span": {"start": start, "end": start + length, "peak": start + rng.randrange(length),
-                           "role": rng.choice(["prompt", "response"])},
-            "top_latents": [{"latent": lid, "activation": round(rng.uniform(2, 9), 2), "label": label}
-                            for lid, label in lat],
-            "instance": "sidecar-0",
-            "detector_version": {t.detector: t.version for t in THRESHOLDS}[det],
-        }))
+        base = make_alert(
+            i,
+            detector=det,
+            severity=severity,
+            model=MODEL,
+            request_id=f"req-{rng.getrandbits(32):08x}",
+            score=round(threshold * ratio, 3),
+        )
+        alerts.append(
+            Alert.model_validate(
+                {
+                    **base.to_dict(),
+                    "threshold": threshold,
+                    "time": now - timedelta(minutes=45 * (1 - i / n) ** 1.5, seconds=rng.random() * 30),
+                    "token_span": {
+                        "start": start,
+                        "end": start + length,
+                        "peak": start + rng.randrange(length),
+                        "role": rng.choice(["prompt", "response"]),
+                    },
+                    "top_latents": [
+                        {"latent": lid, "activation": round(rng.uniform(2, 9), 2), "label": label}
+                        for lid, label in lat
+                    ],
+                    "instance": "sidecar-0",
+                    "detector_version": {t.detector: t.version for t in THRESHOLDS}[det],
+                }
+            )
+        )
     alerts.sort(key=lambda a: a.time)
     return alerts
 
@@ -97,8 +167,9 @@ def seeded(redis_server):
         pipeline.emit(alert)
     rng = random.Random(1)
     for t in THRESHOLDS[:3]:
-        pipeline.observe_scores(t.detector, [t.threshold * rng.lognormvariate(-0.7, 0.5) for _ in range(400)],
-                                t.threshold)
+        pipeline.observe_scores(
+            t.detector, [t.threshold * rng.lognormvariate(-0.7, 0.5) for _ in range(400)], t.threshold
+        )
     assert pipeline.flush(10)
     yield store, alerts
     pipeline.close(1)
@@ -111,7 +182,7 @@ def test_json_endpoints(seeded, redis_server):
     client = TestClient(app)
 
     page = client.get("/dashboard")
-    assert page.status_code == 200 and "<svg id=\"rate-chart\"" in page.text and "https://" not in page.text
+    assert page.status_code == 200 and '<svg id="rate-chart"' in page.text and "https://" not in page.text
 
     summary = client.get("/v1/dashboard/summary", params={"recent": 10}).json()
     assert summary["stale"] is False and summary["model"] == MODEL
@@ -125,7 +196,8 @@ def test_json_endpoints(seeded, redis_server):
     assert len(client.get("/v1/dashboard/alerts", params={"limit": 5}).json()) == 5
     assert len(client.get("/v1/dashboard/rates", params={"minutes": 15}).json()["minutes"]) == 15
     assert [t["detector"] for t in client.get("/v1/dashboard/thresholds").json()] == sorted(
-        t.detector for t in THRESHOLDS)
+        t.detector for t in THRESHOLDS
+    )
     assert client.get("/v1/dashboard/summary", params={"minutes": 0}).status_code == 422
 
     redis_server.kill()
@@ -143,9 +215,13 @@ class _Server:
         import uvicorn
 
         app = FastAPI()
-        app.include_router(dashboard_router(store, refresh_s=0.5, health=lambda: {"ready": True, "ingest_queue": 0}))
+        app.include_router(
+            dashboard_router(store, refresh_s=0.5, health=lambda: {"ready": True, "ingest_queue": 0})
+        )
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -184,21 +260,31 @@ def test_dashboard_in_headless_chromium(seeded, redis_server, tmp_path):
 
             # The chart has one bar segment per (minute, detector) with alerts, carrying its count;
             # the counts and the legend totals equal what was emitted.
-            minute = lambda a: int(a.time.timestamp()) // 60 * 60  # noqa: E731
+            minute = lambda a: int(a.time.timestamp()) // 60 * 60
             for det in ("scam", "power-seeking", "deception"):
                 mine = [a for a in alerts if a.detector == det]
                 segments = page.locator(f"#rate-chart rect[data-detector='{det}']")
                 expect(segments).to_have_count(len({minute(a) for a in mine}))
-                drawn = {int(segments.nth(i).get_attribute("data-minute")): int(segments.nth(i).get_attribute("data-count"))
-                         for i in range(segments.count())}
+                drawn = {
+                    int(segments.nth(i).get_attribute("data-minute")): int(
+                        segments.nth(i).get_attribute("data-count")
+                    )
+                    for i in range(segments.count())
+                }
                 assert drawn == {m: sum(minute(a) == m for a in mine) for m in {minute(a) for a in mine}}
                 expect(page.locator("#rate-legend")).to_contain_text(f"{det} ({len(mine)})")
-            heights = {float(h) for h in page.locator("#rate-chart rect").evaluate_all(
-                "rs => rs.map(r => r.getAttribute('height'))")}
+            heights = {
+                float(h)
+                for h in page.locator("#rate-chart rect").evaluate_all(
+                    "rs => rs.map(r => r.getAttribute('height'))"
+                )
+            }
             assert len(heights) > 1 and min(heights) > 0
 
             expect(page.locator("#thresholds tbody tr")).to_have_count(4)
-            expect(page.locator("#thresholds tr[data-detector='scam']")).to_contain_text("1.10% (0.70%–1.60%)")
+            expect(page.locator("#thresholds tr[data-detector='scam']")).to_contain_text(
+                "1.10% (0.70%–1.60%)"
+            )
             expect(page.locator("#thresholds tr[data-detector='sycophancy']")).to_contain_text("no_signal")
             expect(page.locator("#thresholds tr[data-detector='scam'] .bars i")).to_have_count(12)
             expect(page.locator("#instances")).to_contain_text("sidecar-0")
@@ -207,13 +293,26 @@ def test_dashboard_in_headless_chromium(seeded, redis_server, tmp_path):
             expect(page.locator("#status-pill")).to_have_text("live")
 
             # A new alert shows up without reloading the page.
-            fresh = Alert.model_validate({**make_alert(999, detector="scam", severity="critical", model=MODEL,
-                                                      request_id="req-live", score=9.42).to_dict(),
-                                          "threshold": 3.1, "detector_version": "1.2.0"})
+            fresh = Alert.model_validate(
+                {
+                    **make_alert(
+                        999,
+                        detector="scam",
+                        severity="critical",
+                        model=MODEL,
+                        request_id="req-live",
+                        score=9.42,
+                    ).to_dict(),
+                    "threshold": 3.1,
+                    "detector_version": "1.2.0",
+                }
+            )
             store.record_alert(fresh)
             alerts.append(fresh)
             expect(rows.first).to_have_attribute("data-event-id", fresh.event_id, timeout=10_000)
-            expect(page.locator("#rate-legend")).to_contain_text(f"scam ({sum(a.detector == 'scam' for a in alerts)})")
+            expect(page.locator("#rate-legend")).to_contain_text(
+                f"scam ({sum(a.detector == 'scam' for a in alerts)})"
+            )
             page.screenshot(path=str(REPO / "docs" / "dashboard.png"), full_page=False)
 
             # Redis goes away: the page says so, and keeps showing the last data.

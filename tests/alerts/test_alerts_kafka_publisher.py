@@ -36,9 +36,15 @@ def test_producer_settings_ask_for_durability():
 
 
 def test_sasl_ssl_settings_pass_through():
-    conn = KafkaConnection(bootstrap_servers="b:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-                           sasl_plain_username="monitor", sasl_plain_password="s3cret", ssl_cafile="/ca.pem",
-                           extra={"connections_max_idle_ms": 1234})
+    conn = KafkaConnection(
+        bootstrap_servers="b:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="monitor",
+        sasl_plain_password="s3cret",
+        ssl_cafile="/ca.pem",
+        extra={"connections_max_idle_ms": 1234},
+    )
     kw = producer_settings(conn, PublisherConfig())
     assert kw["security_protocol"] == "SASL_SSL"
     assert kw["sasl_mechanism"] == "SCRAM-SHA-512"
@@ -50,7 +56,9 @@ def test_sasl_ssl_settings_pass_through():
 
 def test_alerts_arrive_with_key_headers_and_request_order(tmp_path, kafka_broker, topic):
     kafka_broker.create_topic(topic, partitions=3)
-    alerts = [make_alert(i, request_id=f"req-{i % 7}", detector=("scam", "deception")[i % 2]) for i in range(120)]
+    alerts = [
+        make_alert(i, request_id=f"req-{i % 7}", detector=("scam", "deception")[i % 2]) for i in range(120)
+    ]
     with _pipeline(tmp_path, kafka_broker.bootstrap, topic=topic) as pipeline:
         results = [pipeline.emit(a) for a in alerts]
         assert all(r.durable for r in results)
@@ -68,8 +76,12 @@ def test_alerts_arrive_with_key_headers_and_request_order(tmp_path, kafka_broker
         alert = Alert.from_json(rec.value)
         assert alert == by_id[alert.event_id]
         assert rec.key.decode() == alert.request_id
-        assert headers_of(rec) == {"event_id": alert.event_id, "detector": alert.detector,
-                                   "severity": alert.severity.value, "schema": SCHEMA_ID}
+        assert headers_of(rec) == {
+            "event_id": alert.event_id,
+            "detector": alert.detector,
+            "severity": alert.severity.value,
+            "schema": SCHEMA_ID,
+        }
         per_request[alert.request_id].append(alert.event_id)
         partitions_of[alert.request_id].add(rec.partition)
     assert all(len(p) == 1 for p in partitions_of.values()), "one request must map to one partition"
@@ -175,8 +187,12 @@ def test_a_failed_alert_holds_back_later_alerts_of_its_request(tmp_path):
     alerts = [make_alert(i, request_id=r) for i, r in enumerate(["a", "a", "b", "a", "b"])]
     producer = _ScriptedProducer(fail_once={alerts[0].event_id})
     outbox = AlertOutbox(tmp_path / "o.sqlite3")
-    publisher = KafkaAlertPublisher(outbox, KafkaConnection(), PublisherConfig(retry_initial_s=0.2, retry_max_s=0.2),
-                                    producer_factory=lambda settings: producer)
+    publisher = KafkaAlertPublisher(
+        outbox,
+        KafkaConnection(),
+        PublisherConfig(retry_initial_s=0.2, retry_max_s=0.2),
+        producer_factory=lambda settings: producer,
+    )
     with AlertPipeline(outbox=outbox, publisher=publisher) as pipeline:
         pipeline.emit_many(alerts)
         assert pipeline.flush(10)
@@ -186,8 +202,10 @@ def test_a_failed_alert_holds_back_later_alerts_of_its_request(tmp_path):
     # Nothing of request "a" was even attempted between a1's failure and its retry.
     first_fail = producer.sends.index(("a", alerts[0].event_id, False))
     retry = producer.sends.index(("a", alerts[0].event_id, True))
-    assert all(r != "a" for r, _, _ in producer.sends[first_fail + 1:retry])
-    assert any(r == "b" for r, _, _ in producer.sends[first_fail + 1:retry]), "request b must not wait for a"
+    assert all(r != "a" for r, _, _ in producer.sends[first_fail + 1 : retry])
+    assert any(r == "b" for r, _, _ in producer.sends[first_fail + 1 : retry]), (
+        "request b must not wait for a"
+    )
     assert publisher.stats().failed_total == 1
 
 
@@ -208,5 +226,9 @@ def test_steady_state_emit_to_ack_latency(tmp_path, kafka_broker, topic, record_
     assert len(lat) == 500 and all(x >= 0 for x in lat)
     p50, p99 = lat[len(lat) // 2] * 1000, lat[int(0.99 * (len(lat) - 1))] * 1000
     assert p99 < 1000, f"emit-to-ack p99 {p99:.1f} ms on a local broker"
-    record_figures(alerts=500, rate_per_s=round(500 / (500 * 0.0025)), emit_to_ack_p50_ms=round(p50, 2),
-                   emit_to_ack_p99_ms=round(p99, 2))
+    record_figures(
+        alerts=500,
+        rate_per_s=round(500 / (500 * 0.0025)),
+        emit_to_ack_p50_ms=round(p50, 2),
+        emit_to_ack_p99_ms=round(p99, 2),
+    )

@@ -24,8 +24,16 @@ def test_default_pipeline_needs_no_server(tmp_path):
     pipeline.sinks[0] = ConsoleSink(console)
     with pipeline:
         results = pipeline.emit_many([make_alert(1), make_alert(2, detector="deception", severity="low")])
-        pipeline.set_thresholds([DetectorThreshold(detector="scam", version="1.0.0", threshold=1.5,
-                                                   calibration=CalibrationSummary(target_fpr=0.01))])
+        pipeline.set_thresholds(
+            [
+                DetectorThreshold(
+                    detector="scam",
+                    version="1.0.0",
+                    threshold=1.5,
+                    calibration=CalibrationSummary(target_fpr=0.01),
+                )
+            ]
+        )
         pipeline.observe_scores("scam", [0.1, 1.4, 1.6, 3.0], threshold=1.5)
         summary = pipeline.store.summary()
     assert [r.durable for r in results] == [False, False]  # no outbox without Kafka
@@ -42,7 +50,8 @@ def test_default_pipeline_needs_no_server(tmp_path):
 
 def test_from_config_with_kafka_builds_outbox_and_publisher(tmp_path):
     config = AlertsConfig(
-        model="m", console=False,
+        model="m",
+        console=False,
         kafka=KafkaConnection(bootstrap_servers="127.0.0.1:1"),
         outbox=OutboxConfig(path=str(tmp_path / "box.sqlite3")),
         store=StoreConfig(model="m", instance="i-1"),

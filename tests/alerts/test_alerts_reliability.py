@@ -35,8 +35,9 @@ class Publisher:
     """tests/alerts/publisher_proc.py as a subprocess, with its stdout followed in a thread."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = run_python([str(HERE / "publisher_proc.py"), *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+        self.proc = run_python(
+            [str(HERE / "publisher_proc.py"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         self.emitted = -1
         self.lines: list[str] = []
         self._thread = threading.Thread(target=self._follow, daemon=True)
@@ -97,8 +98,20 @@ def test_broker_killed_and_restarted_mid_stream(private_broker, tmp_path, record
     n, requests, topic = 3000, 100, "alerts.outage"
     private_broker.create_topic(topic, partitions=3)
     first = TopicCollector(private_broker.bootstrap, topic)
-    pub = Publisher("--outbox", str(tmp_path / "outbox.sqlite3"), "--bootstrap", private_broker.bootstrap,
-                    "--topic", topic, "--count", str(n), "--requests", str(requests), "--rate", "600")
+    pub = Publisher(
+        "--outbox",
+        str(tmp_path / "outbox.sqlite3"),
+        "--bootstrap",
+        private_broker.bootstrap,
+        "--topic",
+        topic,
+        "--count",
+        str(n),
+        "--requests",
+        str(requests),
+        "--rate",
+        "600",
+    )
     try:
         wait_until(lambda: pub.emitted >= 1000, 30, what="1000 alerts emitted")
         # Freeze the publisher mid-stream (sends in flight) and let the consumer read everything the
@@ -131,18 +144,34 @@ def test_broker_killed_and_restarted_mid_stream(private_broker, tmp_path, record
     assert emitted_during_outage > 100, "the outage must overlap the stream"
     assert len(before) >= 900 and len(after) > 0
     result = _check_delivery(before + after, set(range(n)), requests)
-    record_figures(alerts=n, requests=requests, delivered_before_kill=len(before), outage_s=round(outage_s, 2),
-                   emitted_during_outage=emitted_during_outage, duplicates=result["duplicates"],
-                   failed_attempts=stats["failed"], producer_restarts=stats["restarts"],
-                   drain_after_restart_s=round(drain_s, 2), lost=0)
+    record_figures(
+        alerts=n,
+        requests=requests,
+        delivered_before_kill=len(before),
+        outage_s=round(outage_s, 2),
+        emitted_during_outage=emitted_during_outage,
+        duplicates=result["duplicates"],
+        failed_attempts=stats["failed"],
+        producer_restarts=stats["restarts"],
+        drain_after_restart_s=round(drain_s, 2),
+        lost=0,
+    )
 
 
 def test_publisher_sigkilled_with_pending_alerts(kafka_broker, tmp_path, record_figures):
     n, requests, topic = 2000, 40, f"alerts.crash.{time.monotonic_ns()}"
     kafka_broker.create_topic(topic, partitions=3)
     outbox = tmp_path / "outbox.sqlite3"
-    common = ["--outbox", str(outbox), "--bootstrap", kafka_broker.bootstrap, "--topic", topic,
-              "--requests", str(requests)]
+    common = [
+        "--outbox",
+        str(outbox),
+        "--bootstrap",
+        kafka_broker.bootstrap,
+        "--topic",
+        topic,
+        "--requests",
+        str(requests),
+    ]
     # Bursts of 100 alerts per transaction: the kill lands while a burst is still being sent.
     pub = Publisher(*common, "--count", str(n), "--batch", "100", "--rate", "2000")
     wait_until(lambda: pub.emitted >= n // 2, 60, interval_s=0.001, what="half the alerts emitted")
@@ -159,20 +188,29 @@ def test_publisher_sigkilled_with_pending_alerts(kafka_broker, tmp_path, record_
     assert stats["pending"] == 0 and stats["published"] >= pending
     records = read_topic(kafka_broker.bootstrap, topic, expect=len(stored))
     result = _check_delivery(records, stored, requests)
-    record_figures(emitted_before_kill=len(stored), pending_at_kill=pending,
-                   delivered_by_restart=stats["published"], duplicates=result["duplicates"],
-                   restart_to_drained_s=round(drain_s, 2), lost=0)
+    record_figures(
+        emitted_before_kill=len(stored),
+        pending_at_kill=pending,
+        delivered_by_restart=stats["published"],
+        duplicates=result["duplicates"],
+        restart_to_drained_s=round(drain_s, 2),
+        lost=0,
+    )
 
 
 @pytest.mark.redis
 def test_redis_outage_does_not_stop_alerts(kafka_broker, redis_server, tmp_path, record_figures):
     n, topic = 600, f"alerts.redis-outage.{time.monotonic_ns()}"
     outbox = AlertOutbox(tmp_path / "outbox.sqlite3")
-    publisher = KafkaAlertPublisher(outbox, KafkaConnection(bootstrap_servers=kafka_broker.bootstrap),
-                                    PublisherConfig(topic=topic))
-    store = DashboardStore(StoreConfig(model="m", instance="s-1", retry_initial_s=0.05, retry_max_s=0.3,
-                                       heartbeat_interval_s=0.5),
-                           RedisConnection(url=redis_server.url, socket_timeout_s=0.3, socket_connect_timeout_s=0.3))
+    publisher = KafkaAlertPublisher(
+        outbox, KafkaConnection(bootstrap_servers=kafka_broker.bootstrap), PublisherConfig(topic=topic)
+    )
+    store = DashboardStore(
+        StoreConfig(
+            model="m", instance="s-1", retry_initial_s=0.05, retry_max_s=0.3, heartbeat_interval_s=0.5
+        ),
+        RedisConnection(url=redis_server.url, socket_timeout_s=0.3, socket_connect_timeout_s=0.3),
+    )
     pipeline = AlertPipeline(outbox=outbox, publisher=publisher, store=store).start()
     alerts = [make_alert(i, request_id=f"r{i % 20}") for i in range(n)]
     latency = {"before": [], "outage": [], "after": []}
@@ -208,11 +246,15 @@ def test_redis_outage_does_not_stop_alerts(kafka_broker, redis_server, tmp_path,
     def p99(xs: list[float]) -> float:
         return sorted(xs)[int(0.99 * (len(xs) - 1))] * 1000
 
-    record_figures(alerts=n, kafka_delivered=len({json.loads(r.value)["event_id"] for r in records}),
-                   emit_p99_ms_before=round(p99(latency["before"]), 2),
-                   emit_p99_ms_during_outage=round(p99(latency["outage"]), 2),
-                   emit_max_ms_during_outage=round(max(latency["outage"]) * 1000, 2),
-                   store_write_failures=health.write_failures_total, store_writes_dropped=health.dropped_total)
+    record_figures(
+        alerts=n,
+        kafka_delivered=len({json.loads(r.value)["event_id"] for r in records}),
+        emit_p99_ms_before=round(p99(latency["before"]), 2),
+        emit_p99_ms_during_outage=round(p99(latency["outage"]), 2),
+        emit_max_ms_during_outage=round(max(latency["outage"]) * 1000, 2),
+        store_write_failures=health.write_failures_total,
+        store_writes_dropped=health.dropped_total,
+    )
 
 
 def test_poison_messages_are_skipped_and_counted(kafka_broker, topic, record_figures):
@@ -222,11 +264,25 @@ def test_poison_messages_are_skipped_and_counted(kafka_broker, topic, record_fig
     good = [make_alert(i) for i in range(4)]
     wrong_schema = dict(json.loads(good[0].to_json()), schema="safety-monitor.alert/v2")
     missing_field = {k: v for k, v in json.loads(good[1].to_json()).items() if k != "severity"}
-    poison = [b"\x00\xff\xfe binary", b"{not json", b"[1, 2, 3]", json.dumps(wrong_schema).encode(),
-              json.dumps(missing_field).encode(), b"", json.dumps({"schema": "safety-monitor.alert/v1"}).encode()]
+    poison = [
+        b"\x00\xff\xfe binary",
+        b"{not json",
+        b"[1, 2, 3]",
+        json.dumps(wrong_schema).encode(),
+        json.dumps(missing_field).encode(),
+        b"",
+        json.dumps({"schema": "safety-monitor.alert/v1"}).encode(),
+    ]
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
-    for value in [poison[0], good[0].to_json(), *poison[1:4], good[1].to_json(), *poison[4:], good[2].to_json(),
-                  good[3].to_json()]:
+    for value in [
+        poison[0],
+        good[0].to_json(),
+        *poison[1:4],
+        good[1].to_json(),
+        *poison[4:],
+        good[2].to_json(),
+        good[3].to_json(),
+    ]:
         producer.send(topic, key=b"k", value=value)
     producer.send(topic, key=b"k", value=None)  # a tombstone
     producer.flush(10)
@@ -234,14 +290,35 @@ def test_poison_messages_are_skipped_and_counted(kafka_broker, topic, record_fig
 
     group = f"g-{topic}"
     stats = SubscriberStats()
-    got = list(subscribe(kafka_broker.bootstrap, group, topic=topic, stats=stats, idle_timeout_s=1.5,
-                         max_poll_interval_ms=2000))
+    got = list(
+        subscribe(
+            kafka_broker.bootstrap,
+            group,
+            topic=topic,
+            stats=stats,
+            idle_timeout_s=1.5,
+            max_poll_interval_ms=2000,
+        )
+    )
     assert [a.event_id for a in got] == [a.event_id for a in good]
     assert stats.malformed == len(poison) + 1
     assert stats.malformed_by_reason == {"not_json": 2, "unsupported_schema": 2, "invalid": 2, "empty": 2}
     # Offsets moved past the poison: the group does not trip over it again.
     again = SubscriberStats()
-    assert list(subscribe(kafka_broker.bootstrap, group, topic=topic, stats=again, idle_timeout_s=1.5,
-                          max_poll_interval_ms=2000)) == []
+    assert (
+        list(
+            subscribe(
+                kafka_broker.bootstrap,
+                group,
+                topic=topic,
+                stats=again,
+                idle_timeout_s=1.5,
+                max_poll_interval_ms=2000,
+            )
+        )
+        == []
+    )
     assert again.received == 0
-    record_figures(messages=stats.received, poison=stats.malformed, alerts_yielded=len(got), redelivered_after=0)
+    record_figures(
+        messages=stats.received, poison=stats.malformed, alerts_yielded=len(got), redelivered_after=0
+    )

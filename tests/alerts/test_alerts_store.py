@@ -18,10 +18,18 @@ MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def _store(server, **overrides) -> DashboardStore:
-    config = StoreConfig(model=MODEL, instance="sidecar-a", heartbeat_interval_s=0.2, retry_initial_s=0.05,
-                         retry_max_s=0.2, stale_after_s=1.0, **overrides)
-    return DashboardStore(config, RedisConnection(url=server.url, socket_timeout_s=0.5,
-                                                  socket_connect_timeout_s=0.5))
+    config = StoreConfig(
+        model=MODEL,
+        instance="sidecar-a",
+        heartbeat_interval_s=0.2,
+        retry_initial_s=0.05,
+        retry_max_s=0.2,
+        stale_after_s=1.0,
+        **overrides,
+    )
+    return DashboardStore(
+        config, RedisConnection(url=server.url, socket_timeout_s=0.5, socket_connect_timeout_s=0.5)
+    )
 
 
 def test_keys_share_one_hash_tag_and_expire(redis_server):
@@ -55,12 +63,24 @@ def test_summary_reads_back_what_was_written(redis_server):
         for a in alerts:
             store.record_alert(a)
         store.observe_scores("scam", [0.1, 0.2, 1.0, 1.6, 10.0], threshold=2.0)
-        store.set_thresholds([
-            DetectorThreshold(detector="scam", version="1.0.0", threshold=2.0, concept="scam e-mails",
-                              calibration=CalibrationSummary(target_fpr=0.01, achieved_fpr=0.012, fpr_ci_low=0.008,
-                                                             fpr_ci_high=0.017, datasets=["benign@ab12"])),
-            DetectorThreshold(detector="sycophancy", threshold=0.0, status="no_signal"),
-        ])
+        store.set_thresholds(
+            [
+                DetectorThreshold(
+                    detector="scam",
+                    version="1.0.0",
+                    threshold=2.0,
+                    concept="scam e-mails",
+                    calibration=CalibrationSummary(
+                        target_fpr=0.01,
+                        achieved_fpr=0.012,
+                        fpr_ci_low=0.008,
+                        fpr_ci_high=0.017,
+                        datasets=["benign@ab12"],
+                    ),
+                ),
+                DetectorThreshold(detector="sycophancy", threshold=0.0, status="no_signal"),
+            ]
+        )
         assert store.flush(10)
         wait_until(lambda: store.instances(), 5, what="heartbeat")
         summary = store.summary(minutes=10, recent=5)
@@ -76,7 +96,19 @@ def test_summary_reads_back_what_was_written(redis_server):
     hist = {h.detector: h for h in summary.histograms}["scam"]
     # score/threshold: 0.05, 0.1 -> [0, .25); 0.5 -> [.5, .75); 0.8 -> [.75, .9); 5.0 -> [5, inf)
     assert dict(zip(hist.edges, hist.counts, strict=True)) == {
-        0.0: 2, 0.25: 0, 0.5: 1, 0.75: 1, 0.9: 0, 1.0: 0, 1.1: 0, 1.25: 0, 1.5: 0, 2.0: 0, 3.0: 0, 5.0: 1}
+        0.0: 2,
+        0.25: 0,
+        0.5: 1,
+        0.75: 1,
+        0.9: 0,
+        1.0: 0,
+        1.1: 0,
+        1.25: 0,
+        1.5: 0,
+        2.0: 0,
+        3.0: 0,
+        5.0: 1,
+    }
     assert summary.instances[0].instance == "sidecar-a" and summary.instances[0].age_s < 5
 
 
@@ -116,8 +148,12 @@ def test_writes_never_block_and_store_goes_stale_then_recovers(redis_server, rec
     assert len(summary.recent) == 50
     assert [t.detector for t in summary.thresholds] == ["scam"]  # re-sent after Redis came back empty
     assert summary.instances and summary.instances[0].details["outbox_pending"] == 7
-    record_figures(writes_during_outage=300, max_write_call_ms=max(times) * 1000,
-                   dropped_by_full_queue=health.dropped_total, recovery_s=recovery_s)
+    record_figures(
+        writes_during_outage=300,
+        max_write_call_ms=max(times) * 1000,
+        dropped_by_full_queue=health.dropped_total,
+        recovery_s=recovery_s,
+    )
 
 
 def test_summary_serves_last_good_data_marked_stale(redis_server):
@@ -141,10 +177,12 @@ def test_auth_password_is_used(tmp_path):
     server.start()
     try:
         server.client().config_set("requirepass", "hunter2")
-        denied = DashboardStore(StoreConfig(model="m", retry_initial_s=0.05),
-                                RedisConnection(url=server.url)).start()
-        allowed = DashboardStore(StoreConfig(model="m", retry_initial_s=0.05),
-                                 RedisConnection(url=server.url, password="hunter2")).start()
+        denied = DashboardStore(
+            StoreConfig(model="m", retry_initial_s=0.05), RedisConnection(url=server.url)
+        ).start()
+        allowed = DashboardStore(
+            StoreConfig(model="m", retry_initial_s=0.05), RedisConnection(url=server.url, password="hunter2")
+        ).start()
         allowed.record_alert(make_alert())
         denied.record_alert(make_alert())
         assert allowed.flush(5)

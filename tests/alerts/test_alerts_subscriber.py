@@ -36,8 +36,18 @@ def test_filters_and_dedupe(kafka_broker, topic):
     _produce(kafka_broker.bootstrap, topic, values, keys=[b"same"] * len(values))
 
     stats = SubscriberStats()
-    got = list(subscribe(kafka_broker.bootstrap, f"g-{topic}", detectors=["scam"], min_severity="medium",
-                         models=["smollm2-135m"], topic=topic, stats=stats, **FAST_GROUP))
+    got = list(
+        subscribe(
+            kafka_broker.bootstrap,
+            f"g-{topic}",
+            detectors=["scam"],
+            min_severity="medium",
+            models=["smollm2-135m"],
+            topic=topic,
+            stats=stats,
+            **FAST_GROUP,
+        )
+    )
     assert [a.event_id for a in got] == [alerts[0].event_id, alerts[4].event_id]
     assert stats.received == 7
     assert stats.duplicates == 2
@@ -66,7 +76,12 @@ def test_offset_is_committed_only_after_the_caller_asks_for_more(kafka_broker, t
 def test_groupless_tail_reads_all_partitions(kafka_broker, topic):
     kafka_broker.create_topic(topic, partitions=3)
     alerts = [make_alert(i, request_id=f"r{i}") for i in range(12)]
-    _produce(kafka_broker.bootstrap, topic, [a.to_json() for a in alerts], keys=[a.request_id.encode() for a in alerts])
+    _produce(
+        kafka_broker.bootstrap,
+        topic,
+        [a.to_json() for a in alerts],
+        keys=[a.request_id.encode() for a in alerts],
+    )
     got = list(subscribe(kafka_broker.bootstrap, None, topic=topic, idle_timeout_s=1.0))
     assert sorted(a.event_id for a in got) == sorted(a.event_id for a in alerts)
 

@@ -3,6 +3,7 @@ real HTTP endpoints with retries and a dead-letter topic."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -50,7 +51,9 @@ def test_signature_roundtrip_and_rejections():
 @pytest.mark.redis
 def test_registry_in_redis(redis_server):
     registry = WebhookRegistry(redis_server.client(), namespace="t")
-    a = registry.add(WebhookSubscription(url="https://hooks.example/a", detectors=["scam"], min_severity="high"))
+    a = registry.add(
+        WebhookSubscription(url="https://hooks.example/a", detectors=["scam"], min_severity="high")
+    )
     b = registry.add(WebhookSubscription(url="http://10.0.0.5:8080/b"))
     redis_server.client().hset("t:webhooks", "junk", "{not json")
     assert [s.id for s in registry.list()] == sorted([a.id, b.id])
@@ -67,8 +70,9 @@ def test_admin_api(redis_server):
     app = FastAPI()
     app.include_router(webhook_admin_router(WebhookRegistry(redis_server.client())))
     client = TestClient(app)
-    created = client.post("/v1/webhooks", json={"url": "https://hooks.example/x", "detectors": ["scam"],
-                                                "min_severity": "high"})
+    created = client.post(
+        "/v1/webhooks", json={"url": "https://hooks.example/x", "detectors": ["scam"], "min_severity": "high"}
+    )
     assert created.status_code == 201, created.text
     body = created.json()
     assert len(body["secret"]) >= 32
@@ -86,8 +90,9 @@ def test_admin_api(redis_server):
 
 @pytest.mark.kafka
 @pytest.mark.redis
-def test_router_delivers_signed_retries_and_dead_letters(kafka_broker, redis_server, receiver, topic,
-                                                         record_figures):
+def test_router_delivers_signed_retries_and_dead_letters(
+    kafka_broker, redis_server, receiver, topic, record_figures
+):
     registry = WebhookRegistry(redis_server.client())
     ok = registry.add(WebhookSubscription(url=receiver.url + "/ok", detectors=["scam"], min_severity="high"))
     flaky_sub = registry.add(WebhookSubscription(url=receiver.url + "/flaky"))
@@ -98,8 +103,10 @@ def test_router_delivers_signed_retries_and_dead_letters(kafka_broker, redis_ser
     from kafka import KafkaProducer
 
     # One request id: same partition, so the router sees them in this order.
-    alerts = [make_alert(1, severity="high", request_id="r"),
-              make_alert(2, severity="critical", detector="deception", request_id="r")]
+    alerts = [
+        make_alert(1, severity="high", request_id="r"),
+        make_alert(2, severity="critical", detector="deception", request_id="r"),
+    ]
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
     for a in alerts:
         producer.send(topic, key=a.request_id.encode(), value=a.to_json())
@@ -107,8 +114,15 @@ def test_router_delivers_signed_retries_and_dead_letters(kafka_broker, redis_ser
     producer.flush(10)
     producer.close()
 
-    config = WebhookRouterConfig(topic=topic, group_id=f"router-{topic}", dead_letter_topic=f"{topic}.dlq",
-                                 max_attempts=3, retry_initial_s=0.1, retry_max_s=0.4, max_poll_interval_ms=2000)
+    config = WebhookRouterConfig(
+        topic=topic,
+        group_id=f"router-{topic}",
+        dead_letter_topic=f"{topic}.dlq",
+        max_attempts=3,
+        retry_initial_s=0.1,
+        retry_max_s=0.4,
+        max_poll_interval_ms=2000,
+    )
     router = WebhookRouter(KafkaConnection(bootstrap_servers=kafka_broker.bootstrap), registry, config)
     try:
         stats = router.run(idle_timeout_s=1.5)
@@ -119,7 +133,7 @@ def test_router_delivers_signed_retries_and_dead_letters(kafka_broker, redis_ser
     assert [json.loads(r[2])["event_id"] for r in receiver.to("/ok")] == [alerts[0].event_id]
     flaky = receiver.to("/flaky")
     assert [json.loads(r[2])["event_id"] for r in flaky] == [alerts[0].event_id] * 3 + [alerts[1].event_id]
-    gaps = [b[3] - a[3] for a, b in zip(flaky[:3], flaky[1:3], strict=False)]
+    gaps = [b[3] - a[3] for a, b in itertools.pairwise(flaky[:3])]
     assert all(g >= 0.07 for g in gaps), f"retries must back off, gaps {gaps}"
     assert len(receiver.to("/down")) == 3  # critical only, max_attempts
     assert len(receiver.to("/rejects")) == 1  # a 400 is not retried
@@ -131,9 +145,17 @@ def test_router_delivers_signed_retries_and_dead_letters(kafka_broker, redis_ser
 
     dead = [json.loads(r.value) for r in read_topic(kafka_broker.bootstrap, f"{topic}.dlq", expect=2)]
     assert {(d["subscription_id"], d["attempts"], d["last_status"]) for d in dead} == {
-        (down.id, 3, 500), (rejecting.id, 1, 400)}
-    assert all(d["schema"] == DEAD_LETTER_SCHEMA and d["alert"]["event_id"] == alerts[1].event_id for d in dead)
+        (down.id, 3, 500),
+        (rejecting.id, 1, 400),
+    }
+    assert all(
+        d["schema"] == DEAD_LETTER_SCHEMA and d["alert"]["event_id"] == alerts[1].event_id for d in dead
+    )
     assert (stats.alerts, stats.delivered, stats.dead_lettered) == (2, 3, 2)
     assert stats.consumer.malformed == 1
-    record_figures(webhook_posts=stats.attempts, delivered=stats.delivered, dead_lettered=stats.dead_lettered,
-                   poison_skipped=stats.consumer.malformed)
+    record_figures(
+        webhook_posts=stats.attempts,
+        delivered=stats.delivered,
+        dead_lettered=stats.dead_lettered,
+        poison_skipped=stats.consumer.malformed,
+    )
