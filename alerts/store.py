@@ -363,8 +363,9 @@ class DashboardStore:
         return None
 
     def _oldest_waiting(self) -> float | None:
-        if self._retry:
-            return self._retry[0][0]
+        retry = self._retry  # the writer thread replaces this list; read it once
+        if retry:
+            return retry[0][0]
         with self._queue.mutex:
             return self._queue.queue[0][0] if self._queue.queue else None
 

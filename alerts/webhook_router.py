@@ -119,7 +119,7 @@ class WebhookRouter:
     def route(self, alert: Alert, stop: threading.Event | None = None) -> list[DeliveryResult]:
         """Deliver one alert to every matching subscription (concurrently); dead-letter failures."""
         self.stats.alerts += 1
-        subs = [s for s in self.subscriptions() if s.matches().matches(alert)]
+        subs = [s for s in self.subscriptions() if s.alert_filter().matches(alert)]
         results = list(self._pool.map(lambda s: self.deliver(s, alert, stop), subs))
         for sub, result in zip(subs, results, strict=True):
             if result.ok:

@@ -87,7 +87,8 @@ class WebhookSubscription(BaseModel):
             raise ValueError(f"webhook url must be an absolute http:// or https:// URL, got {v!r}")
         return v
 
-    def matches(self) -> AlertFilter:
+    def alert_filter(self) -> AlertFilter:
+        """The detectors/severity/models this subscription wants."""
         return AlertFilter.of(self.detectors, self.min_severity, self.models)
 
 

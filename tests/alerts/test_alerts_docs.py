@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import itertools
 
 import pytest
 from alerts_testkit import REPO
@@ -22,8 +23,10 @@ def _docstrings() -> dict[str, set[str]]:
             body = node.body
             out[node.name] = {
                 st.target.id
-                for st, nxt in zip(body, body[1:], strict=False)
-                if isinstance(st, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                for st, nxt in itertools.pairwise(body)
+                if isinstance(st, ast.AnnAssign)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
             }
     return out
 

@@ -192,3 +192,65 @@ def test_auth_password_is_used(tmp_path):
         allowed.close()
     finally:
         server.kill()
+
+
+def _make_certs(d) -> None:
+    """A CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+    import subprocess
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=safety-monitor-test-ca")  # fmt: skip
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.crt",
+        "-days", "2", "-extfile", "ext.cnf")  # fmt: skip
+
+
+def test_tls_and_auth(tmp_path):
+    """rediss:// with a private CA and a password: the configured store writes; one without the CA cannot."""
+    import subprocess
+
+    from alerts_testkit import free_port, wait_port
+
+    _make_certs(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", "srv.crt", "--tls-key-file", "srv.key", "--tls-ca-cert-file", "ca.crt",
+         "--tls-auth-clients", "no", "--requirepass", "s3cret-pw", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_port(port)
+        url = f"rediss://127.0.0.1:{port}/0"
+        good = DashboardStore(
+            StoreConfig(model="m", retry_initial_s=0.05),
+            RedisConnection(url=url, password="s3cret-pw", ssl_ca_certs=str(tmp_path / "ca.crt")),
+        )
+        untrusted = DashboardStore(StoreConfig(model="m", retry_initial_s=0.05),
+                                   RedisConnection(url=url, password="s3cret-pw"))  # fmt: skip
+        with good, untrusted:
+            good.record_alert(make_alert(1))
+            untrusted.record_alert(make_alert(2))
+            assert good.flush(5)
+            wait_until(lambda: untrusted.is_stale, 5, what="store without the CA goes stale")
+            assert "certificate" in untrusted.stale_reason.lower()
+            assert [a.request_id for a in good.recent_alerts()] == ["req-1"]
+            assert not good.is_stale
+    finally:
+        proc.kill()
+        proc.wait(5)

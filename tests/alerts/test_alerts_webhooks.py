@@ -58,8 +58,8 @@ def test_registry_in_redis(redis_server):
     redis_server.client().hset("t:webhooks", "junk", "{not json")
     assert [s.id for s in registry.list()] == sorted([a.id, b.id])
     assert registry.get(a.id).secret == a.secret
-    assert registry.get(a.id).matches().matches(make_alert(severity="critical"))
-    assert not registry.get(a.id).matches().matches(make_alert(severity="medium"))
+    assert registry.get(a.id).alert_filter().matches(make_alert(severity="critical"))
+    assert not registry.get(a.id).alert_filter().matches(make_alert(severity="medium"))
     assert registry.remove(a.id) and not registry.remove(a.id)
     with pytest.raises(ValueError, match="http"):
         WebhookSubscription(url="file:///etc/passwd")
