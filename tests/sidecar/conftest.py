@@ -1,0 +1,54 @@
+"""Fixtures of the sidecar tests: a real small SAE and detector specs on disk, settings pointing at
+them, and the FastAPI app under Starlette's TestClient (lifespan started and stopped per test)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sidecar_testkit import make_sae, make_settings, make_spec
+
+from monitor.app import create_app
+from monitor.sae import FrozenSAE
+from monitor.settings import Settings
+from monitor.sidecar import Sidecar
+
+
+@pytest.fixture()
+def sae_dir(tmp_path: Path) -> Path:
+    make_sae(tmp_path / "sae")
+    return tmp_path / "sae"
+
+
+@pytest.fixture()
+def sae(sae_dir: Path) -> FrozenSAE:
+    return FrozenSAE.load(sae_dir)
+
+
+@pytest.fixture()
+def detector_dir(tmp_path: Path, sae: FrozenSAE) -> Path:
+    """Two detectors: ``scam`` (max over latents 1 and 17, threshold 2) and ``power`` (mean over the
+    response of latent 5, threshold 0.5)."""
+    d = tmp_path / "detectors"
+    make_spec(sae, "scam").save(d / "scam.json")
+    make_spec(sae, "power", latents=(5,), weights=(1.0,), threshold=0.5, aggregation="mean",
+              span="response").save(d / "power.json")
+    return d
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, sae_dir: Path, detector_dir: Path) -> Settings:
+    return make_settings(tmp_path, sae_dir, detector_dir)
+
+
+@pytest.fixture()
+def sidecar(settings: Settings) -> Sidecar:
+    return Sidecar.load(settings)
+
+
+@pytest.fixture()
+def client(sidecar: Sidecar) -> Iterator[TestClient]:
+    with TestClient(create_app(sidecar), raise_server_exceptions=False) as c:
+        yield c

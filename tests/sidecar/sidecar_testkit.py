@@ -1,0 +1,146 @@
+"""Helpers for the sidecar tests: a small real SAE, detector specs that fit it, wire batches, settings.
+
+Imported by ``conftest.py`` and the test modules (``from sidecar_testkit import ...``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from detectors.spec import DetectorSpec
+from monitor.sae import FrozenSAE, SAEConfig
+from monitor.settings import Settings, load_settings
+from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE, ActivationBatch
+
+REPO = Path(__file__).resolve().parents[2]
+D_IN = 16
+D_SAE = 64
+MODEL = "test-model"
+HOOK = "blocks.3.hook_resid_post"
+INGEST = "ingest-token-0123456789abcdef"
+ADMIN = "admin-token-0123456789abcdef"
+INGEST_AUTH = {"Authorization": f"Bearer {INGEST}"}
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
+SAFETENSORS = {"Content-Type": "application/vnd.safetensors"}
+
+
+def make_sae(path: Path, *, d_in: int = D_IN, d_sae: int = D_SAE, seed: int = 0) -> FrozenSAE:
+    """A JumpReLU SAE with random weights saved in our format; latent ``j`` reads mostly input dim
+    ``j % d_in`` (so a test can switch latents on by choosing inputs)."""
+    g = torch.Generator().manual_seed(seed)
+    w_enc = torch.randn(d_in, d_sae, generator=g) * 0.05
+    for j in range(d_sae):
+        w_enc[j % d_in, j] += 1.0
+    weights = {"W_enc": w_enc, "b_enc": torch.zeros(d_sae), "W_dec": w_enc.T.contiguous(),
+               "b_dec": torch.zeros(d_in), "threshold": torch.full((d_sae,), 0.1)}
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture="jumprelu", model_name=MODEL, hook_name=HOOK)
+    sae = FrozenSAE(cfg, weights)
+    sae.save(path)
+    return FrozenSAE.load(path)
+
+
+def make_spec(sae: FrozenSAE, name: str = "scam", latents=(1, 17), weights=(1.0, 1.0), *, threshold: float = 2.0,
+              **kw) -> DetectorSpec:
+    base = dict(name=name, concept=name, model=MODEL, hook=HOOK, sae_sha256=sae.sha256, latents=list(latents),
+                weights=list(weights), threshold=threshold, severity_thresholds={"high": threshold * 2},
+                latent_labels={int(latents[0]): "test label"})
+    base.update(kw)
+    return DetectorSpec(**base)
+
+
+def make_batch(requests: list[tuple[str, int, bool]], *, start: dict[str, int] | None = None, hot: float = 0.0,
+               hot_dims=(1,), dtype=torch.float16, seed: int = 0, role: int = ROLE_PROMPT, d_in: int = D_IN,
+               model: str = MODEL, hook: str = HOOK, sae_sha256: str = "") -> ActivationBatch:
+    """A batch with ``(request id, n tokens, final)`` per request. Activations are small noise plus
+    ``hot`` on ``hot_dims`` (which switches on latents ``dim`` and ``dim + 16``...). Positions continue
+    from ``start[rid]`` (default 0, i.e. the first row of a request is its attention sink)."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(c for _, c, _ in requests)
+    x = torch.randn(n, d_in, generator=g) * 0.01
+    for d in hot_dims:
+        x[:, d] += hot
+    positions, offsets = [], [0]
+    for rid, c, _ in requests:
+        s = (start or {}).get(rid, 0)
+        positions.extend(range(s, s + c))
+        offsets.append(offsets[-1] + c)
+    return ActivationBatch(
+        activations=x.to(dtype), token_ids=torch.arange(n, dtype=torch.int32) % 1000,
+        positions=torch.tensor(positions, dtype=torch.int32), roles=torch.full((n,), role, dtype=torch.uint8),
+        offsets=torch.tensor(offsets, dtype=torch.int64), request_ids=[r for r, _, _ in requests],
+        final=[f for _, _, f in requests], model=model, hook=hook, sae_sha256=sae_sha256,
+    )
+
+
+def make_settings(tmp: Path, sae_dir: Path, detector_dir: Path | None, **sections) -> Settings:
+    """Settings for an in-process sidecar: test tokens, outbox and JSONL under ``tmp``, console off."""
+    base = {
+        "model": {"id": MODEL, "layer": 3},
+        "sae": {"path": str(sae_dir)},
+        "detectors": {"dir": str(detector_dir) if detector_dir else None},
+        "auth": {"ingest_token": INGEST, "admin_token": ADMIN},
+        "alerts": {"console": False, "jsonl_path": str(tmp / "alerts.jsonl"),
+                   "outbox": {"path": str(tmp / "outbox.sqlite3")}, "instance": "test-sidecar"},
+        "server": {"shutdown_drain_s": 2.0},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_settings(None, **base)
+
+
+def wait_until(predicate, timeout_s: float = 5.0, interval_s: float = 0.01, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer within {timeout_s}s")
+
+
+def console_script() -> str:
+    """The installed ``safety-monitor`` entry point of this virtual environment."""
+    path = Path(sys.executable).parent / "safety-monitor"
+    assert path.is_file(), f"{path} is missing: install the project (pip install -e .)"
+    return str(path)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFETY_MONITOR_") or k == "SAFETY_MONITOR_CACHE"}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def hot_roles(n: int, role: int = ROLE_RESPONSE) -> torch.Tensor:
+    return torch.full((n,), role, dtype=torch.uint8)
