@@ -1,0 +1,523 @@
+"""``ScoringPipeline``: from accepted activation batches to alerts, on one worker thread.
+
+    submit(batch) ──▶ TokenQueue (bounded: batches and tokens) ──▶ worker thread, per step:
+        take queued batches (up to ``coalesce_tokens``, no request twice in one step)
+        ─▶ per-request state: a slot in the RequestTable of the request's detector generation
+        ─▶ FrozenSAE.encode_latents(x, only the bank's latents)   (attention-sink rows, position 0, skipped)
+        ─▶ RequestTable.update / scores   (running max/mean per request, role span and latent)
+        ─▶ a detector whose score reaches its threshold for the first time on a request ─▶ Alert
+           (severity from spec.severity) ─▶ AlertEmitter (outbox commit on its own thread)
+        ─▶ requests with the final flag are finalised (final scores go to the dashboard histogram)
+
+Per-request state is bounded: at most ``limits.max_active_requests`` requests are held; the least
+recently seen one is finalised early ("evicted") to make room, and a request idle for
+``limits.idle_timeout_s`` is finalised ("idle"). A detector reload starts a new *generation*; requests
+already in flight finish on the detectors they started with, so "alert once per request and detector"
+holds across reloads. At most two old generations are kept; older ones are finalised ("reload").
+
+``submit`` never blocks: a full queue raises ``QueueFullError`` (the API answers 429).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from alerts.schema import Alert, LatentActivation, Severity, TokenSpan
+from detectors.scoring import DetectorBank
+from detectors.spec import DetectorSpec
+from monitor.alert_emitter import AlertEmitter, PendingAlert
+from monitor.metrics import SidecarMetrics
+from monitor.request_table import RequestTable
+from monitor.sae import FrozenSAE
+from monitor.token_queue import QueueFull, TokenQueue
+from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE, ActivationBatch
+
+log = logging.getLogger(__name__)
+
+MAX_OLD_GENERATIONS = 2
+
+
+# --------------------------------------------------------------------------- errors
+class IngestError(Exception):
+    """A batch was refused; nothing of it was accepted. ``reason`` is the metrics label."""
+
+    reason = "malformed"
+
+
+class BatchMismatchError(IngestError):
+    """The batch was made for another model, hook, SAE or activation width."""
+
+    reason = "mismatch"
+
+
+class UnknownRequestError(IngestError):
+    """A final flag without tokens names requests this sidecar has not seen recently."""
+
+    reason = "unknown_request"
+
+    def __init__(self, request_ids: list[str]) -> None:
+        self.request_ids = request_ids
+        shown = ", ".join(repr(r) for r in request_ids[:5]) + (" ..." if len(request_ids) > 5 else "")
+        super().__init__(
+            f"final flag without tokens for {len(request_ids)} unknown request id(s): {shown}. A final-only "
+            "chunk must follow tokens of the same request; send those first or drop the final flag"
+        )
+
+
+class QueueFullError(IngestError):
+    """The ingest queue is full; retry later."""
+
+    reason = "queue_full"
+
+
+class NotAcceptingError(IngestError):
+    """The pipeline is stopping or stopped."""
+
+    reason = "shutdown"
+
+
+# --------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class DetectorGeneration:
+    """One loaded set of detectors; a reload makes a new generation."""
+
+    number: int
+    """1 for the set loaded at start-up, +1 per reload."""
+    specs: tuple[DetectorSpec, ...]
+    bank: DetectorBank
+    latents: tuple[int, ...]
+    """Union of the detectors' latent ids (what the SAE computes per token)."""
+    table: RequestTable = field(repr=False)
+    """Per-request aggregates of requests scored with this generation (owned by the worker)."""
+    loaded_at: float
+    """Unix seconds."""
+    source: str
+    """Where the specs came from (a directory, or a description)."""
+
+
+@dataclass
+class ScoreResult:
+    """What ``submit(..., on_done=...)`` reports once its batch has been scored."""
+
+    scores: dict[str, dict[str, float | None]]
+    """Request id -> detector name -> score (None: the detector's span had no tokens). Filled for the
+    batch's requests that carried the final flag."""
+    alerts: list[Alert]
+    """Alerts raised on the batch's requests while scoring it."""
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """A snapshot for health endpoints."""
+
+    queue_batches: int
+    queue_tokens: int
+    queue_max_tokens: int
+    active_requests: int
+    generations: int
+    """Detector generations holding requests (the current one included)."""
+    worker_alive: bool
+    accepting: bool
+
+
+@dataclass
+class _Request:
+    gen: DetectorGeneration
+    slot: int
+    last_seen: float
+    """``time.monotonic()`` of its latest chunk."""
+    received_at: float
+    """``time.perf_counter()`` when its latest chunk was received."""
+
+
+@dataclass
+class _Item:
+    batch: ActivationBatch
+    received_at: float
+    on_done: Callable[[ScoreResult], None] | None
+
+
+# --------------------------------------------------------------------------- pipeline
+class ScoringPipeline:
+    """Bounded queue, one scoring worker, bounded per-request state. ``submit`` is thread-safe."""
+
+    def __init__(
+        self,
+        sae: FrozenSAE,
+        specs: Sequence[DetectorSpec],
+        *,
+        model_id: str,
+        hook: str,
+        emitter: AlertEmitter,
+        metrics: SidecarMetrics,
+        max_queue_batches: int = 1024,
+        max_queue_tokens: int = 262_144,
+        coalesce_tokens: int = 8192,
+        max_active_requests: int = 4096,
+        remember_request_ids: int = 65_536,
+        idle_timeout_s: float = 60.0,
+        top_latents: int = 8,
+        instance: str = "",
+        source: str = "",
+    ) -> None:
+        self.sae = sae
+        self.model_id = model_id
+        self.hook = hook
+        self.emitter = emitter
+        self.metrics = metrics
+        self.coalesce_tokens = coalesce_tokens
+        self.max_active_requests = max_active_requests
+        self.remember_request_ids = remember_request_ids
+        self.idle_timeout_s = idle_timeout_s
+        self.top_latents = top_latents
+        self.instance = instance
+        self._queue: TokenQueue[_Item] = TokenQueue(max_queue_batches, max_queue_tokens)
+        self._lock = threading.Lock()
+        self._seen: dict[str, None] = {}  # recently seen request ids, least recent first (ingest side)
+        self._requests: OrderedDict[str, _Request] = OrderedDict()  # worker side, least recent first
+        self._owners: dict[tuple[int, int], str] = {}  # (generation number, slot) -> request id
+        self._generation_counter = 0
+        self._current = self._make_generation(specs, source)
+        self._live: list[DetectorGeneration] = [self._current]
+        self._accepting = False
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scoring-worker", daemon=True)
+        self.worker_errors = 0
+        self.last_worker_error: str | None = None
+        metrics.detectors_loaded.set(len(self._current.specs))
+        metrics.monitored_latents.set(len(self._current.latents))
+
+    # ------------------------------------------------------------------ detectors
+    def _make_generation(self, specs: Sequence[DetectorSpec], source: str) -> DetectorGeneration:
+        bank = DetectorBank(list(specs))
+        if bank.latents and max(bank.latents) >= self.sae.cfg.d_sae:
+            raise ValueError(f"detectors use latent {max(bank.latents)} but the SAE has {self.sae.cfg.d_sae}")
+        self._generation_counter += 1
+        return DetectorGeneration(
+            number=self._generation_counter, specs=tuple(specs), bank=bank, latents=tuple(bank.latents),
+            table=RequestTable(bank, self.max_active_requests), loaded_at=time.time(), source=source,
+        )
+
+    @property
+    def generation(self) -> DetectorGeneration:
+        """The detectors new requests are scored with."""
+        return self._current
+
+    def set_detectors(self, specs: Sequence[DetectorSpec], source: str = "") -> DetectorGeneration:
+        """Atomically switch new requests to ``specs`` (already validated against the SAE)."""
+        with self._lock:
+            gen = self._make_generation(specs, source)
+            self._current = gen
+        self.metrics.detectors_loaded.set(len(gen.specs))
+        self.metrics.monitored_latents.set(len(gen.latents))
+        return gen
+
+    # ------------------------------------------------------------------ ingest side
+    def check_batch(self, batch: ActivationBatch) -> None:
+        """Refuse a batch made for another model, hook, SAE or width (``BatchMismatchError``)."""
+        problems = []
+        if batch.model != self.model_id:
+            problems.append(f"model {batch.model!r} (this sidecar monitors {self.model_id!r})")
+        if batch.hook != self.hook:
+            problems.append(f"hook {batch.hook!r} (this sidecar reads {self.hook!r})")
+        if batch.sae_sha256 and batch.sae_sha256.lower() != self.sae.sha256:
+            problems.append(f"sae_sha256 {batch.sae_sha256[:16]}... (the loaded SAE is {self.sae.sha256[:16]}...)")
+        if batch.d_in != self.sae.cfg.d_in and batch.n_tokens:
+            problems.append(f"d_in {batch.d_in} (the SAE reads d_in={self.sae.cfg.d_in})")
+        if problems:
+            raise BatchMismatchError("activation batch does not match this sidecar: " + "; ".join(problems))
+
+    def submit(self, batch: ActivationBatch, received_at: float | None = None,
+               on_done: Callable[[ScoreResult], None] | None = None) -> int:
+        """Queue a validated batch for scoring; returns its token count. Never blocks.
+
+        Raises ``BatchMismatchError``, ``UnknownRequestError``, ``QueueFullError`` or ``NotAcceptingError``;
+        then nothing of the batch was accepted. ``on_done`` is called on the worker thread after scoring.
+        """
+        if not self._accepting:
+            raise NotAcceptingError("the sidecar is shutting down and accepts no more activations")
+        self.check_batch(batch)
+        counts = (batch.offsets[1:] - batch.offsets[:-1]).tolist()
+        item = _Item(batch, time.perf_counter() if received_at is None else received_at, on_done)
+        with self._lock:
+            unknown = [rid for rid, n, fin in zip(batch.request_ids, counts, batch.final)
+                       if fin and n == 0 and rid not in self._seen]
+            if unknown:
+                raise UnknownRequestError(unknown)
+            try:
+                self._queue.put_nowait(item, batch.n_tokens)
+            except QueueFull:
+                raise QueueFullError(
+                    f"the scoring queue is full ({len(self._queue)} batches, {self._queue.tokens} tokens); "
+                    "retry after the Retry-After delay"
+                ) from None
+            seen = self._seen
+            for rid in batch.request_ids:
+                seen.pop(rid, None)
+                seen[rid] = None
+            while len(seen) > self.remember_request_ids:
+                del seen[next(iter(seen))]
+        return batch.n_tokens
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> ScoringPipeline:
+        self._accepting = True
+        if not self._thread.is_alive():
+            self._thread.start()
+        return self
+
+    def stop(self, drain_s: float = 5.0) -> None:
+        """Stop accepting, score what is queued for up to ``drain_s`` seconds, finalise every request."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_s
+        while len(self._queue) and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.01)
+        self._stop.set()
+        self._thread.join(max(1.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self._abort.set()
+            self._thread.join(5.0)
+
+    def stats(self) -> PipelineStats:
+        return PipelineStats(
+            queue_batches=len(self._queue), queue_tokens=self._queue.tokens, queue_max_tokens=self._queue.max_tokens,
+            active_requests=len(self._requests), generations=len(self._live),
+            worker_alive=self._thread.is_alive(), accepting=self._accepting,
+        )
+
+    # ------------------------------------------------------------------ worker
+    def _run(self) -> None:
+        next_sweep = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            items = self._queue.get_many(self.coalesce_tokens, timeout=0.2,
+                                         accept=_one_chunk_per_request(self.max_active_requests))
+            try:
+                if items:
+                    self._step(items)
+                now = time.monotonic()
+                if now >= next_sweep:
+                    self._sweep(now)
+                    next_sweep = now + min(1.0, self.idle_timeout_s / 4)
+            except Exception as exc:  # noqa: BLE001 - a bug must not kill scoring for everyone
+                self.worker_errors += 1
+                self.last_worker_error = f"{type(exc).__name__}: {exc}"
+                log.exception("scoring step failed; its batches are lost")
+        try:
+            self._finish(list(self._requests.items()), "shutdown")
+        except Exception:  # noqa: BLE001
+            log.exception("finalising requests at shutdown failed")
+
+    def _step(self, items: list[_Item]) -> None:
+        t_start = time.perf_counter()
+        now = time.monotonic()
+        self._retire_generations()
+        gen_now = self._current
+        if gen_now is not self._live[-1]:
+            self._live.append(gen_now)
+        seg_slots: list[int] = []
+        seg_lens: list[int] = []
+        seg_gens: list[DetectorGeneration] = []
+        finals: list[tuple[str, _Request]] = []
+        requests = self._requests
+        for item in items:
+            b = item.batch
+            counts = (b.offsets[1:] - b.offsets[:-1]).tolist()
+            for rid, n, fin in zip(b.request_ids, counts, b.final):
+                st = requests.get(rid)
+                if st is None:
+                    if n == 0:
+                        if fin:
+                            self.metrics.unknown_finals.inc()  # finalised already (idle, evicted, repeat)
+                        continue
+                    st = self._open(rid, gen_now, now)
+                else:
+                    requests.move_to_end(rid)
+                st.last_seen = now
+                st.received_at = item.received_at
+                if n:
+                    seg_slots.append(st.slot)
+                    seg_lens.append(n)
+                    seg_gens.append(st.gen)
+                if fin:
+                    finals.append((rid, st))
+        alerts: list[PendingAlert] = []
+        if seg_lens:
+            alerts = self._score(items, seg_slots, seg_lens, seg_gens)
+        final_scores = self._finish(finals, "final") if finals else {}
+        if alerts:
+            self.emitter.submit(alerts, stop=self._abort)
+        done = time.perf_counter()
+        for item in items:
+            self.metrics.ingest_to_scored.observe(done - item.received_at)
+            if item.on_done is not None:
+                ids = set(item.batch.request_ids)
+                item.on_done(ScoreResult(
+                    scores={r: s for r, s in final_scores.items() if r in ids},
+                    alerts=[p.alert for p in alerts if p.alert.request_id in ids],
+                ))
+        self.metrics.step_seconds.observe(done - t_start)
+
+    def _score(self, items: list[_Item], seg_slots: list[int], seg_lens: list[int],
+               seg_gens: list[DetectorGeneration]) -> list[PendingAlert]:
+        if len(items) == 1:
+            b = items[0].batch
+            x, positions, roles = b.activations, b.positions, b.roles
+        else:
+            x = torch.cat([it.batch.activations for it in items if it.batch.n_tokens])
+            positions = torch.cat([it.batch.positions for it in items])
+            roles = torch.cat([it.batch.roles for it in items])
+        lens = torch.tensor(seg_lens)
+        row_slots = torch.repeat_interleave(torch.tensor(seg_slots), lens)
+        keep = positions != 0  # the attention sink: a huge-norm row that means nothing
+        gens = {id(g): g for g in seg_gens}
+        alerts: list[PendingAlert] = []
+        for g in gens.values():
+            if len(gens) == 1:
+                sel = keep
+            else:
+                row_gen = torch.repeat_interleave(torch.tensor([s.number for s in seg_gens]), lens)
+                sel = keep & (row_gen == g.number)
+            if bool(sel.all()):
+                gx, gslots, groles, gpos = x, row_slots, roles, positions
+            else:
+                idx = sel.nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    continue
+                gx, gslots, groles, gpos = x.index_select(0, idx), row_slots[idx], roles[idx], positions[idx]
+            self.metrics.tokens_scored.inc(int(gslots.shape[0]))
+            if not g.latents:
+                continue
+            t0 = time.perf_counter()
+            z = self.sae.encode_latents(gx, g.latents)
+            self.metrics.encode_seconds.observe(time.perf_counter() - t0)
+            g.table.update(gslots, z, groles, gpos)
+            touched = torch.unique(gslots)
+            scores = g.table.scores(touched)
+            crossed = (scores >= g.table.thresholds) & ~g.table.alerted.index_select(0, touched)
+            if bool(crossed.any()):
+                alerts.extend(self._alerts(g, touched, scores, crossed, gslots, z, groles, gpos))
+        return alerts
+
+    def _alerts(self, g: DetectorGeneration, touched: torch.Tensor, scores: torch.Tensor, crossed: torch.Tensor,
+                gslots: torch.Tensor, z: torch.Tensor, roles: torch.Tensor, positions: torch.Tensor
+                ) -> list[PendingAlert]:
+        out = []
+        for i, d in crossed.nonzero().tolist():
+            slot = int(touched[i])
+            rid = self._owners[(g.number, slot)]
+            st = self._requests[rid]
+            g.table.alerted[slot, d] = True
+            rows = (gslots == slot).nonzero().squeeze(1)
+            try:
+                alert = self._build_alert(g, slot, d, float(scores[i, d]), rid, z[rows], roles[rows], positions[rows])
+            except Exception:  # noqa: BLE001 - e.g. a value the alert schema refuses; never crash scoring
+                log.exception("could not build the alert of detector %s on request %s", g.specs[d].name, rid)
+                continue
+            out.append(PendingAlert(alert, st.received_at))
+        return out
+
+    def _build_alert(self, g: DetectorGeneration, slot: int, d: int, score: float, rid: str,
+                     z: torch.Tensor, roles: torch.Tensor, positions: torch.Tensor) -> Alert:
+        spec = g.specs[d]
+        feats = g.table.features(slot, d)
+        weights = torch.tensor(spec.weights)
+        order = torch.argsort(feats * weights, descending=True).tolist()
+        top = [
+            LatentActivation(latent=spec.latents[j], activation=float(feats[j]), weight=spec.weights[j],
+                             label=spec.latent_labels.get(spec.latents[j]))
+            for j in order[: self.top_latents] if float(feats[j]) > 0
+        ]
+        start, end = g.table.span(slot, d) or (0, 1)
+        in_span = (torch.ones_like(roles, dtype=torch.bool) if spec.span == "all"
+                   else roles == (ROLE_PROMPT if spec.span == "prompt" else ROLE_RESPONSE))
+        peak = role = None
+        if bool(in_span.any()):
+            contrib = g.table.token_contributions(z, d).masked_fill(~in_span, float("-inf"))
+            j = int(contrib.argmax())
+            peak = int(positions[j]) if start <= int(positions[j]) < end else None
+            role = "prompt" if int(roles[j]) == ROLE_PROMPT else "response"
+        if spec.span != "all":
+            role = spec.span
+        return Alert(
+            model=self.model_id, sae_sha256=self.sae.sha256, detector=spec.name, detector_version=spec.version,
+            score=score, threshold=spec.threshold, severity=Severity.parse(spec.severity(score) or "low"),
+            request_id=rid, token_span=TokenSpan(start=start, end=end, peak=peak, role=role), top_latents=top,
+            instance=self.instance,
+        )
+
+    def _open(self, rid: str, gen: DetectorGeneration, now: float) -> _Request:
+        while len(self._requests) >= self.max_active_requests:
+            oldest = next(iter(self._requests.items()))
+            self._finish([oldest], "evicted")
+        st = _Request(gen, gen.table.allocate(), now, 0.0)
+        self._requests[rid] = st
+        self._owners[(gen.number, st.slot)] = rid
+        self.metrics.requests_started.inc()
+        return st
+
+    def _finish(self, entries: list[tuple[str, _Request]], reason: str) -> dict[str, dict[str, float | None]]:
+        """Finalise requests: final scores to the dashboard, slots freed. Returns their final scores."""
+        out: dict[str, dict[str, float | None]] = {}
+        by_gen: dict[int, list[tuple[str, _Request]]] = {}
+        for rid, st in entries:
+            if self._requests.get(rid) is st:
+                del self._requests[rid]
+                by_gen.setdefault(id(st.gen), []).append((rid, st))
+        for group in by_gen.values():
+            g = group[0][1].gen
+            scores = g.table.scores(torch.tensor([st.slot for _, st in group], dtype=torch.long))
+            for d, spec in enumerate(g.specs):
+                col = scores[:, d]
+                self.emitter.observe_scores(spec.name, col[~col.isnan()].tolist(), spec.threshold)
+            names = [s.name for s in g.specs]
+            for i, (rid, st) in enumerate(group):
+                out[rid] = {n: (None if v != v else v) for n, v in zip(names, scores[i].tolist())}
+                g.table.release(st.slot)
+                del self._owners[(g.number, st.slot)]
+        if out:
+            self.metrics.requests_finished.labels(reason).inc(len(out))
+        return out
+
+    def _sweep(self, now: float) -> None:
+        cutoff = now - self.idle_timeout_s
+        idle = []
+        for rid, st in self._requests.items():
+            if st.last_seen > cutoff:
+                break  # least recently seen first: the rest are newer
+            idle.append((rid, st))
+        if idle:
+            self._finish(idle, "idle")
+        self._retire_generations()
+
+    def _retire_generations(self) -> None:
+        current = self._current
+        self._live = [g for g in self._live if g is current or g.table.active > 0]
+        old = [g for g in self._live if g is not current]
+        while len(old) > MAX_OLD_GENERATIONS:
+            oldest = old.pop(0)
+            self._finish([(r, st) for r, st in self._requests.items() if st.gen is oldest], "reload")
+            self._live.remove(oldest)
+
+
+def _one_chunk_per_request(max_requests: int) -> Callable[[_Item], bool]:
+    """Queue filter for one worker step: a request's chunks are scored one batch at a time, so a
+    threshold is checked after every batch exactly as if each were processed alone; and a step holds
+    at most ``max_requests`` requests, so making room never evicts a request of the same step."""
+    seen: set[str] = set()
+
+    def accept(item: _Item) -> bool:
+        ids = item.batch.request_ids
+        if seen and (len(seen) + len(ids) > max_requests or not seen.isdisjoint(ids)):
+            return False
+        seen.update(ids)
+        return True
+
+    return accept

@@ -1,0 +1,190 @@
+"""The scoring pipeline on its own: per-request aggregation over interleaved chunks, alert once per
+request and detector, finalisation (final flag, idle timeout, eviction), reloads, the attention sink."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from sidecar_testkit import HOOK, MODEL, make_batch, make_spec, wait_until
+
+from alerts.pipeline import AlertPipeline
+from detectors.scoring import DetectorBank
+from monitor.alert_emitter import AlertEmitter
+from monitor.metrics import SidecarMetrics
+from monitor.pipeline import ScoringPipeline, UnknownRequestError
+from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE, ActivationBatch
+
+
+class ListSink:
+    def __init__(self):
+        self.alerts = []
+
+    def write(self, alert):
+        self.alerts.append(alert)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture()
+def sink():
+    return ListSink()
+
+
+def make_pipeline(sae, specs, sink, **kw) -> ScoringPipeline:
+    metrics = SidecarMetrics()
+    emitter = AlertEmitter(AlertPipeline(sinks=[sink]), metrics).start()
+    return ScoringPipeline(sae, specs, model_id=MODEL, hook=HOOK, emitter=emitter, metrics=metrics,
+                           instance="t", **kw).start()
+
+
+def run(p: ScoringPipeline, batch: ActivationBatch):
+    """Submit and wait until the worker has scored it; returns the ``ScoreResult``."""
+    done = threading.Event()
+    out = []
+    p.submit(batch, on_done=lambda r: (out.append(r), done.set()))
+    assert done.wait(10), "the worker did not score the batch"
+    return out[0]
+
+
+def stop(p: ScoringPipeline):
+    p.stop(2.0)
+    assert p.emitter.close(5.0)
+
+
+def test_alert_once_per_request_and_detector_with_span_peak_and_severity(sae, sink):
+    p = make_pipeline(sae, [make_spec(sae, "scam", threshold=2.0)], sink)
+    try:
+        run(p, make_batch([("r1", 4, False)], hot=0.5))  # prefill: score ~1, below 2
+        assert sink.alerts == []
+        run(p, make_batch([("r1", 1, False)], start={"r1": 4}, hot=1.5))  # decode step crosses (~3)
+        wait_until(lambda: sink.alerts, what="the alert")
+        for i in range(5, 9):  # hotter tokens keep crossing: no second alert
+            run(p, make_batch([("r1", 1, False)], start={"r1": i}, hot=5.0, seed=i))
+        res = run(p, make_batch([("r1", 0, True)]))
+        time.sleep(0.1)
+        assert len(sink.alerts) == 1
+        a = sink.alerts[0]
+        assert (a.request_id, a.detector, a.model, a.sae_sha256, a.instance) == ("r1", "scam", MODEL, sae.sha256, "t")
+        assert a.score >= 2.0 and a.threshold == 2.0 and a.severity.value == "low"  # high needs >= 4
+        assert (a.token_span.start, a.token_span.end, a.token_span.peak) == (1, 5, 4)
+        assert a.token_span.role == "prompt"
+        assert {la.latent for la in a.top_latents} == {1, 17}
+        assert a.top_latents[0].label == "test label" or a.top_latents[1].label == "test label"
+        assert res.scores["r1"]["scam"] > 8  # the final score saw the hot decode tokens
+        assert p.stats().active_requests == 0
+    finally:
+        stop(p)
+
+
+def test_severity_comes_from_the_margin(sae, sink):
+    p = make_pipeline(sae, [make_spec(sae, "scam", threshold=2.0)], sink)  # high at >= 4
+    try:
+        run(p, make_batch([("r1", 3, True)], hot=3.0))
+        wait_until(lambda: sink.alerts)
+        assert sink.alerts[0].severity.value == "high"
+    finally:
+        stop(p)
+
+
+def test_interleaved_requests_score_like_whole_requests(sae, sink):
+    specs = [make_spec(sae, "scam", threshold=100.0),
+             make_spec(sae, "power", latents=(5, 21), weights=(1.0, 0.5), threshold=100.0, aggregation="mean",
+                       span="response")]
+    p = make_pipeline(sae, specs, sink)
+    bank = DetectorBank(specs)
+    ref = {r: bank.new_request() for r in ("a", "b", "c")}
+    pos = dict.fromkeys(ref, 0)
+    try:
+        g = torch.Generator().manual_seed(3)
+        steps = [[("a", 6), ("b", 4)], [("c", 1)]] + [[("a", 1), ("b", 1), ("c", 1)]] * 6  # prefills, decodes
+        for step, part in enumerate(steps):
+            batch = make_batch([(r, n, False) for r, n in part], start=dict(pos), hot_dims=(1, 5), seed=step,
+                               hot=float(torch.rand(1, generator=g)) * 2, role=ROLE_RESPONSE if step > 1 else ROLE_PROMPT)
+            run(p, batch)
+            for rid, rows, _ in batch.request_slices():
+                keep = batch.positions[rows] != 0
+                z = sae.encode_latents(batch.activations[rows][keep], bank.latents)
+                ref[rid].update(z, batch.roles[rows][keep])
+                pos[rid] += rows.stop - rows.start
+        res = run(p, make_batch([(r, 0, True) for r in ref]))
+        for rid, req in ref.items():
+            for d, s in enumerate(specs):
+                want = req.score(d)
+                got = res.scores[rid][s.name]
+                assert (want is None and got is None) or got == pytest.approx(want, rel=1e-4), (rid, s.name)
+    finally:
+        stop(p)
+
+
+def test_the_attention_sink_row_is_never_scored(sae, sink):
+    p = make_pipeline(sae, [make_spec(sae, "scam", threshold=2.0)], sink)
+    try:
+        batch = make_batch([("r1", 3, False)], hot=0.0)
+        batch.activations[0, 1] = 50.0  # position 0: huge, like the real attention sink
+        res = run(p, batch)
+        res = run(p, make_batch([("r1", 0, True)]))
+        assert res.scores["r1"]["scam"] < 1.0
+        assert sink.alerts == []
+    finally:
+        stop(p)
+
+
+def test_unknown_final_flags_are_refused_but_repeats_are_harmless(sae, sink):
+    p = make_pipeline(sae, [make_spec(sae)], sink)
+    try:
+        with pytest.raises(UnknownRequestError, match="'ghost'"):
+            p.submit(make_batch([("ghost", 0, True)]))
+        run(p, make_batch([("r1", 2, True)]))
+        run(p, make_batch([("r1", 0, True)]))  # known id, already finalised: accepted, ignored
+        assert p.metrics.unknown_finals._value.get() == 1
+    finally:
+        stop(p)
+
+
+def test_idle_requests_are_finalised(sae, sink):
+    p = make_pipeline(sae, [make_spec(sae)], sink, idle_timeout_s=0.3)
+    try:
+        run(p, make_batch([("r1", 3, False), ("r2", 2, False)]))
+        assert p.stats().active_requests == 2
+        wait_until(lambda: p.stats().active_requests == 0, timeout_s=5, what="idle finalisation")
+        assert p.metrics.requests_finished.labels("idle")._value.get() == 2
+    finally:
+        stop(p)
+
+
+def test_state_is_bounded_by_evicting_the_least_recently_seen(sae, sink):
+    p = make_pipeline(sae, [make_spec(sae)], sink, max_active_requests=3)
+    try:
+        for i in range(10):
+            run(p, make_batch([(f"r{i}", 2, False)]))
+        assert p.stats().active_requests == 3
+        assert p.metrics.requests_finished.labels("evicted")._value.get() == 7
+        run(p, make_batch([("r9", 1, False)], start={"r9": 2}))  # most recent ones are kept
+        assert p.stats().active_requests == 3
+    finally:
+        stop(p)
+
+
+def test_reload_keeps_requests_in_flight_on_their_detectors(sae, sink):
+    p = make_pipeline(sae, [make_spec(sae, "scam", threshold=2.0)], sink)
+    try:
+        run(p, make_batch([("old", 3, False)], hot=3.0))
+        wait_until(lambda: len(sink.alerts) == 1)
+        p.set_detectors([make_spec(sae, "scam", threshold=2.0, version="2"),
+                         make_spec(sae, "power", latents=(5,), weights=(1.0,), threshold=1.0)])
+        run(p, make_batch([("old", 2, False), ("new", 3, False)], start={"old": 3}, hot=3.0, hot_dims=(1, 5)))
+        wait_until(lambda: len(sink.alerts) == 3)
+        time.sleep(0.1)
+        got = sorted((a.request_id, a.detector, a.detector_version) for a in sink.alerts)
+        # "old" alerted once on v1 and is not re-alerted; "power" does not exist in its generation.
+        assert got == [("new", "power", "1"), ("new", "scam", "2"), ("old", "scam", "1")]
+        assert p.stats().generations == 2
+        run(p, make_batch([("old", 0, True)]))
+        run(p, make_batch([("new", 1, False)], start={"new": 3}))
+        assert p.stats().generations == 1  # the old generation's table is released
+    finally:
+        stop(p)
