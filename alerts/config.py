@@ -281,7 +281,10 @@ class AlertsConfig:
     publisher: PublisherConfig = field(default_factory=PublisherConfig)
     """Publisher settings (used when ``kafka`` is set)."""
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
-    """Outbox settings (used when ``kafka`` is set)."""
+    """Outbox settings (used when ``kafka`` is set, or ``local_outbox``)."""
+    local_outbox: bool = False
+    """Keep the SQLite outbox even without Kafka: a durable local record whose pending alerts are
+    published once Kafka is configured (until then high/critical alerts accumulate beyond the bound)."""
     redis: RedisConnection | None = None
     """Redis for the dashboard store; ``None`` keeps the dashboard data in process memory."""
     store: StoreConfig | None = None

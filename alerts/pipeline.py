@@ -85,8 +85,9 @@ class AlertPipeline:
     def from_config(cls, config: AlertsConfig) -> AlertPipeline:
         """Build the parts ``config`` switches on (see :class:`AlertsConfig`); call :meth:`start` next."""
         outbox = publisher = None
-        if config.kafka is not None:
+        if config.kafka is not None or config.local_outbox:
             outbox = AlertOutbox(config.outbox)
+        if config.kafka is not None:
             publisher = KafkaAlertPublisher(outbox, config.kafka, config.publisher)
         store_config = config.store_config()
         store: DashboardStore | InMemoryDashboardStore

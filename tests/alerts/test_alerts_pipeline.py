@@ -69,6 +69,16 @@ def test_from_config_with_kafka_builds_outbox_and_publisher(tmp_path):
         assert box.pending_count() == 2
 
 
+def test_local_outbox_without_kafka(tmp_path):
+    config = AlertsConfig(model="m", console=False, local_outbox=True,
+                          outbox=OutboxConfig(path=str(tmp_path / "local.sqlite3")))  # fmt: skip
+    with AlertPipeline.from_config(config) as pipeline:
+        assert pipeline.publisher is None
+        assert pipeline.emit(make_alert()).durable
+    with AlertOutbox(tmp_path / "local.sqlite3") as box:
+        assert box.pending_count() == 1  # published once a later start configures Kafka
+
+
 def test_duplicate_emit_is_not_fanned_out_twice(tmp_path):
     outbox = AlertOutbox(tmp_path / "o.sqlite3")
     store = InMemoryDashboardStore(StoreConfig(model="m"))
