@@ -121,7 +121,10 @@ class ActivationTap:
         self.stats = TapStats()
         self.last_sink_error: BaseException | None = None
         self._module = resolve_module(model, module_path.format(layer=layer))
-        self._queue: queue.Queue[_Chunk | None] = queue.Queue(maxsize=max_queue)
+        # Unbounded container, bounded by _enqueue for activation chunks only: the empty end-of-request
+        # markers must never be dropped, or a consumer would wait for a final flag that never comes.
+        self.max_queue = max_queue
+        self._queue: queue.Queue[_Chunk | None] = queue.Queue()
         self._tracking: _Tracking | None = None
         self._step_inputs: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         self._handles = [
@@ -231,12 +234,12 @@ class ActivationTap:
         self._enqueue(chunk, n_tokens=n)
 
     def _enqueue(self, chunk: _Chunk, n_tokens: int) -> None:
-        try:
-            self._queue.put_nowait(chunk)
-            self.stats.chunks_queued += 1
-        except queue.Full:
+        if not chunk.final and self._queue.qsize() >= self.max_queue:
             self.stats.chunks_dropped += 1
             self.stats.tokens_dropped += n_tokens
+            return
+        self._queue.put_nowait(chunk)
+        self.stats.chunks_queued += 1
 
     # ----------------------------------------------------------------- delivery (tap thread)
     def _drain(self) -> None:

@@ -176,13 +176,14 @@ def test_full_queue_drops_and_counts_without_blocking_the_forward(lm):
         assert not release.is_set()
         assert elapsed < 30
         s = tap.stats
-        assert s.chunks_queued == 2
-        assert s.chunks_dropped == 3 + 1  # three forwards and the final chunk of track()
+        assert s.chunks_queued == 2 + 1  # two forwards and the end-of-request marker, which is never dropped
+        assert s.chunks_dropped == 3
         assert s.tokens_dropped == 3 * n_tok
         assert s.tokens_seen == 5 * n_tok
         release.set()
         assert tap.flush(timeout=30)
-        assert len(delivered) == 2 and all(b.n_tokens == n_tok for b in delivered)
+        assert len(delivered) == 3 and all(b.n_tokens == n_tok for b in delivered[:2])
+        assert delivered[-1].final == [True] and delivered[-1].n_tokens == 0
     finally:
         release.set()
         watchdog.cancel()
