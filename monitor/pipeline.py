@@ -21,6 +21,7 @@ holds across reloads. At most two old generations are kept; older ones are final
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -306,13 +307,13 @@ class ScoringPipeline:
                 if now >= next_sweep:
                     self._sweep(now)
                     next_sweep = now + min(1.0, self.idle_timeout_s / 4)
-            except Exception as exc:  # noqa: BLE001 - a bug must not kill scoring for everyone
+            except Exception as exc:
                 self.worker_errors += 1
                 self.last_worker_error = f"{type(exc).__name__}: {exc}"
                 log.exception("scoring step failed; its batches are lost")
         try:
             self._finish(list(self._requests.items()), "shutdown")
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("finalising requests at shutdown failed")
 
     def _step(self, items: list[_Item]) -> None:
@@ -418,7 +419,7 @@ class ScoringPipeline:
             rows = (gslots == slot).nonzero().squeeze(1)
             try:
                 alert = self._build_alert(g, slot, d, float(scores[i, d]), rid, z[rows], roles[rows], positions[rows])
-            except Exception:  # noqa: BLE001 - e.g. a value the alert schema refuses; never crash scoring
+            except Exception:
                 log.exception("could not build the alert of detector %s on request %s", g.specs[d].name, rid)
                 continue
             out.append(PendingAlert(alert, st.received_at))
@@ -479,7 +480,7 @@ class ScoringPipeline:
                 self.emitter.observe_scores(spec.name, col[~col.isnan()].tolist(), spec.threshold)
             names = [s.name for s in g.specs]
             for i, (rid, st) in enumerate(group):
-                out[rid] = {n: (None if v != v else v) for n, v in zip(names, scores[i].tolist())}
+                out[rid] = {n: (None if math.isnan(v) else v) for n, v in zip(names, scores[i].tolist())}
                 g.table.release(st.slot)
                 del self._owners[(g.number, st.slot)]
         if out:

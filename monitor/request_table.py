@@ -16,8 +16,6 @@ on their old table while new requests start on the new one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from detectors.scoring import DetectorBank

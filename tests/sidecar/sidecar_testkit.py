@@ -48,9 +48,9 @@ def make_sae(path: Path, *, d_in: int = D_IN, d_sae: int = D_SAE, seed: int = 0)
 
 def make_spec(sae: FrozenSAE, name: str = "scam", latents=(1, 17), weights=(1.0, 1.0), *, threshold: float = 2.0,
               **kw) -> DetectorSpec:
-    base = dict(name=name, concept=name, model=MODEL, hook=HOOK, sae_sha256=sae.sha256, latents=list(latents),
-                weights=list(weights), threshold=threshold, severity_thresholds={"high": threshold * 2},
-                latent_labels={int(latents[0]): "test label"})
+    base = {"name": name, "concept": name, "model": MODEL, "hook": HOOK, "sae_sha256": sae.sha256,
+            "latents": list(latents), "weights": list(weights), "threshold": threshold,
+            "severity_thresholds": {"high": threshold * 2}, "latent_labels": {int(latents[0]): "test label"}}
     base.update(kw)
     return DetectorSpec(**base)
 

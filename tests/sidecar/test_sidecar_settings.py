@@ -96,7 +96,7 @@ def test_serve_refuses_to_start_with_a_message_naming_the_field(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"auth:\n  ingest_token: {INGEST}\n  admin_token: {ADMIN}\nqueue:\n  high_water: 2\n")
     r = subprocess.run([console_script(), "serve", "--config", str(cfg)], capture_output=True, text=True,
-                       env=subprocess_env(), timeout=120)
+                       env=subprocess_env(), timeout=120, check=False)
     assert r.returncode == 2
     assert "queue.high_water: Input should be less than or equal to 1" in r.stderr
     assert "Traceback" not in r.stderr
@@ -109,6 +109,6 @@ def test_serve_refuses_an_sae_with_the_wrong_pin(tmp_path, sae_dir):
     cfg.write_text(f"auth:\n  ingest_token: {INGEST}\n  admin_token: {ADMIN}\n"
                    f"sae:\n  path: {sae_dir}\n  sha256: '{'0' * 64}'\n")
     r = subprocess.run([console_script(), "serve", "--config", str(cfg)], capture_output=True, text=True,
-                       env=subprocess_env(), timeout=120)
+                       env=subprocess_env(), timeout=120, check=False)
     assert r.returncode == 2
     assert "sae.sha256:" in r.stderr and "was expected" in r.stderr

@@ -1,0 +1,195 @@
+"""The HTTP API in process: ingest to alert to outbox, detectors and reload, health, metrics, auth,
+back-pressure, the dashboard."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from sidecar_testkit import (
+    ADMIN,
+    ADMIN_AUTH,
+    INGEST,
+    INGEST_AUTH,
+    SAFETENSORS,
+    make_batch,
+    make_settings,
+    make_spec,
+    wait_until,
+)
+
+from alerts.outbox import AlertOutbox
+from alerts.schema import Alert
+from monitor.app import create_app
+from monitor.sidecar import Sidecar
+
+POST = {**INGEST_AUTH, **SAFETENSORS}
+
+
+def post(client, batch, headers=POST):
+    return client.post("/v1/activations", content=batch.to_bytes(), headers=headers)
+
+
+def outbox_alerts(sidecar: Sidecar) -> list[Alert]:
+    ob = AlertOutbox(sidecar.settings.alerts.outbox.path)
+    try:
+        rows = ob.heads(1000)
+        return [Alert.from_json(r.payload) for r in rows]
+    finally:
+        ob.close()
+
+
+def test_ingest_scores_and_the_alert_lands_in_the_outbox(client, sidecar):
+    r = post(client, make_batch([("req-1", 6, False), ("req-2", 3, False)], hot=3.0, hot_dims=(1,)))
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted_tokens"] == 9 and r.json()["requests"] == 2
+    assert post(client, make_batch([("req-1", 0, True)])).status_code == 202
+    alerts = wait_until(lambda: [a for a in outbox_alerts(sidecar) if a.request_id == "req-1"], what="outbox row")
+    assert alerts[0].detector == "scam" and alerts[0].sae_sha256 == sidecar.sae.sha256
+    lines = (sidecar.settings.alerts.jsonl_path).read_text().splitlines()
+    assert {json.loads(x)["request_id"] for x in lines} == {"req-1", "req-2"}
+
+
+def test_detectors_list_and_auth(client, sidecar):
+    for headers in (INGEST_AUTH, ADMIN_AUTH):
+        r = client.get("/v1/detectors", headers=headers)
+        assert r.status_code == 200
+    body = r.json()
+    assert {d["name"] for d in body["detectors"]} == {"scam", "power"}
+    assert body["sae_sha256"] == sidecar.sae.sha256 and body["generation"] == 1 and body["monitored_latents"] == 3
+    assert client.get("/v1/detectors").status_code == 401
+    assert client.get("/v1/detectors", headers={"Authorization": "Bearer nope-nope-nope-nope"}).status_code == 403
+
+
+@pytest.mark.parametrize("path, method, good, other", [
+    ("/v1/activations", "post", INGEST, ADMIN),
+    ("/v1/admin/reload", "post", ADMIN, INGEST),
+])
+def test_each_endpoint_takes_only_its_own_token(client, path, method, good, other):
+    r = client.request(method, path)
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    r = client.request(method, path, headers={"Authorization": f"Bearer {other}"})
+    assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    r = client.request(method, path, headers={"Authorization": f"Basic {good}"})
+    assert r.status_code == 401  # right secret, wrong scheme
+    r = client.request(method, path, headers={"Authorization": f"Bearer {good}x"})
+    assert r.status_code == 403
+
+
+def test_reload_switches_atomically_and_a_broken_spec_changes_nothing(client, sidecar, detector_dir, sae):
+    make_spec(sae, "deception", latents=(9,), weights=(2.0,), threshold=1.0).save(detector_dir / "deception.json")
+    r = client.post("/v1/admin/reload", headers=ADMIN_AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["generation"] == 2 and set(r.json()["detectors"]) == {"scam", "power", "deception"}
+
+    (detector_dir / "broken.json").write_text('{"schema": "safety-monitor.detector/v1", "name": "broken"')
+    r = client.post("/v1/admin/reload", headers=ADMIN_AUTH)
+    assert r.status_code == 422 and r.json()["error"] == "invalid_detectors"
+    assert "broken.json" in r.json()["detail"] and "previous detectors stay loaded" in r.json()["detail"]
+    (detector_dir / "broken.json").unlink()
+
+    make_spec(sae, "other_sae", sae_sha256="0" * 64).save(detector_dir / "other.json")
+    r = client.post("/v1/admin/reload", headers=ADMIN_AUTH)
+    assert r.status_code == 422 and "recalibrate" in r.json()["detail"]
+
+    body = client.get("/v1/detectors", headers=ADMIN_AUTH).json()
+    assert body["generation"] == 2 and {d["name"] for d in body["detectors"]} == {"scam", "power", "deception"}
+    metrics = client.get("/metrics").text
+    assert 'safety_monitor_detector_reloads_total{result="refused"} 2.0' in metrics
+    assert post(client, make_batch([("after", 3, True)], hot=3.0)).status_code == 202
+
+
+def test_no_signal_specs_are_listed_as_skipped(client, sidecar, detector_dir, sae):
+    make_spec(sae, "sycophancy", status="no_signal", status_reason="AUROC 0.51").save(detector_dir / "syc.json")
+    assert client.post("/v1/admin/reload", headers=ADMIN_AUTH).status_code == 200
+    body = client.get("/v1/detectors", headers=ADMIN_AUTH).json()
+    assert [s["name"] for s in body["skipped"]] == ["sycophancy"] and body["skipped"][0]["status"] == "no_signal"
+    assert "sycophancy" not in {d["name"] for d in body["detectors"]}
+
+
+def test_health_readiness_and_metrics(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["ready"] and set(r.json()["checks"]) == {
+        "sae", "detectors", "worker", "queue", "outbox"}
+    post(client, make_batch([("m1", 4, True)], hot=3.0))
+    time.sleep(0.3)
+    text = client.get("/metrics").text
+    for name in ("safety_monitor_tokens_ingested_total 4.0", "safety_monitor_queue_tokens",
+                 'safety_monitor_detector_alerts_total{detector="scam",severity="high"}',
+                 "safety_monitor_encode_seconds_bucket", "safety_monitor_ingest_to_alert_seconds_bucket",
+                 "safety_monitor_alerts_outbox_depth", 'safety_monitor_batches_dropped_total{reason="queue_full"}',
+                 'safety_monitor_requests_finished_total{reason="final"} 1.0'):
+        assert name in text, name
+    assert "latent=" not in text and "request_id" not in text
+
+
+@pytest.fixture()
+def paused(tmp_path, sae_dir, detector_dir):
+    """A sidecar whose worker is held on its first batch, with a queue of 2 batches / 64 tokens."""
+    settings = make_settings(tmp_path, sae_dir, detector_dir, queue={"max_batches": 2, "max_tokens": 64,
+                                                                      "high_water": 0.5},
+                             limits={"max_tokens_per_batch": 64})
+    sidecar = Sidecar.load(settings)
+    gate = threading.Event()
+    real_step = sidecar.pipeline._step
+
+    def held_step(items):
+        gate.wait(10)
+        real_step(items)
+
+    sidecar.pipeline._step = held_step
+    with TestClient(create_app(sidecar), raise_server_exceptions=False) as client:
+        yield client, gate
+        gate.set()
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_recovers(paused):
+    client, gate = paused
+    assert post(client, make_batch([("a", 4, False)])).status_code == 202  # taken by the held worker
+    wait_until(lambda: client.get("/metrics").text.find("safety_monitor_queue_batches 0.0") >= 0)
+    assert post(client, make_batch([("b", 30, False)])).status_code == 202
+    assert client.get("/readyz").json()["ready"] is True
+    assert post(client, make_batch([("c", 30, False)])).status_code == 202
+    r = client.get("/readyz")
+    assert r.status_code == 503 and not r.json()["checks"]["queue"]["ok"]  # above the high-water mark
+    r = post(client, make_batch([("d", 30, False)]))
+    assert r.status_code == 429 and r.headers["retry-after"] == "1" and r.json()["error"] == "queue_full"
+    assert client.get("/healthz").status_code == 200
+    gate.set()
+    wait_until(lambda: post(client, make_batch([("d", 30, False)])).status_code == 202, what="recovery")
+    line = next(x for x in client.get("/metrics").text.splitlines()
+                if x.startswith('safety_monitor_batches_dropped_total{reason="queue_full"}'))
+    assert float(line.split()[-1]) >= 1
+
+
+def test_score_needs_a_model(client):
+    r = client.post("/v1/score", json={"text": "hello"}, headers=INGEST_AUTH)
+    assert r.status_code == 404 and r.json()["error"] == "no_model"
+
+
+def test_dashboard_needs_the_admin_token_and_shows_alerts(client, sidecar):
+    r = client.get("/dashboard")
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
+    assert client.get("/dashboard", headers=INGEST_AUTH).status_code == 403
+    basic = {"Authorization": "Basic " + base64.b64encode(f"ops:{ADMIN}".encode()).decode()}
+    assert client.get("/dashboard", headers=basic).status_code == 200
+    post(client, make_batch([("dash-1", 4, True)], hot=3.0))
+    wait_until(lambda: client.get("/v1/dashboard/alerts", headers=ADMIN_AUTH).json(), what="dashboard alert")
+    summary = client.get("/v1/dashboard/summary", headers=ADMIN_AUTH).json()
+    assert summary["sidecar"]["detectors"] == 2 and summary["sidecar"]["ready"] is True
+    thresholds = client.get("/v1/dashboard/thresholds", headers=ADMIN_AUTH).json()
+    assert {t["detector"] for t in thresholds} == {"scam", "power"}
+
+
+def test_openapi_documents_the_binary_ingest_body(client):
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/activations"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/vnd.safetensors", "application/octet-stream"}
+    schemes = spec["components"]["securitySchemes"]
+    assert {"IngestToken", "AdminToken"} <= set(schemes)
