@@ -1,0 +1,128 @@
+"""Layer-L activations of labelled examples, computed once through the tap and cached on disk.
+
+Raw activations (not latents) are cached, keyed by model, layer, context and the example's content
+hash, so a new SAE only needs re-encoding (milliseconds) and the dense-probe baseline reads the same
+tokens. Layout of ``ROOT/<model>-layer<L>-ctx<C>/``: ``shard-NNNNN.npy`` float16 ``[n, d]``,
+``shard-NNNNN-meta.npy`` int32 ``[n, 3]`` (token id, role, position), and ``index.json``
+(key -> shard, start, length). Shards are appended every ``flush_every`` examples, so an interrupted
+run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from detectors.data import Example
+
+
+@dataclass
+class TokenActivations:
+    """The tapped tokens of one example."""
+
+    acts: np.ndarray
+    """``[n, d_in]`` float16."""
+    token_ids: np.ndarray
+    """``[n]`` int32."""
+    roles: np.ndarray
+    """``[n]`` uint8 (``ROLE_PROMPT`` / ``ROLE_RESPONSE``)."""
+    positions: np.ndarray
+    """``[n]`` int32 position in the sequence (0 = attention sink)."""
+
+
+class ActivationCache:
+    """See the module docstring."""
+
+    def __init__(self, root: Path, model_id: str, layer: int, context: int = 256) -> None:
+        self.dir = Path(root) / f"{model_id.replace('/', '_')}-layer{layer}-ctx{context}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.layer, self.context = layer, context
+        index_path = self.dir / "index.json"
+        self.index: dict[str, list[int]] = json.loads(index_path.read_text()) if index_path.exists() else {}
+        self._shards: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i not in self._shards:
+            self._shards[i] = (np.load(self.dir / f"shard-{i:05d}.npy", mmap_mode="r"),
+                               np.load(self.dir / f"shard-{i:05d}-meta.npy", mmap_mode="r"))
+        return self._shards[i]
+
+    def get(self, key: str) -> TokenActivations:
+        shard, start, n = self.index[key]
+        acts, meta = self._shard(shard)
+        m = meta[start : start + n]
+        return TokenActivations(acts[start : start + n], m[:, 0], m[:, 1].astype(np.uint8), m[:, 2])
+
+    def missing(self, examples: list[Example]) -> list[Example]:
+        seen, out = set(self.index), []
+        for e in examples:
+            if e.key not in seen:
+                seen.add(e.key)
+                out.append(e)
+        return out
+
+    def ensure(self, lm, examples: list[Example], *, batch_size: int = 16, flush_every: int = 1024,
+               progress: bool = True) -> None:
+        """Compute and store the activations of every example not cached yet."""
+        from monitor.chat import render_chat
+        from monitor.models import truncated
+        from monitor.tap import ActivationTap, CollectingSink
+
+        todo = self.missing(examples)
+        if not todo:
+            return
+        rendered = [render_chat(lm.tokenizer, e.message_dicts(), max_tokens=self.context) for e in todo]
+        order = sorted(range(len(todo)), key=lambda i: len(rendered[i].input_ids))  # less padding
+        pad = lm.tokenizer.pad_token_id or 0
+        pending: list[tuple[str, np.ndarray, np.ndarray]] = []
+        bar = tqdm(total=sum(len(r.input_ids) for r in rendered), unit="tok", unit_scale=True, disable=not progress,
+                   desc=f"activations layer {self.layer}")
+        sink = CollectingSink()
+        with truncated(lm.model, self.layer) as trunk, ActivationTap(
+                lm.model, layer=self.layer, sink=sink, model_id=lm.model_id, max_queue=1 << 20) as tap:
+            for b in range(0, len(order), batch_size):
+                idx = order[b : b + batch_size]
+                width = max(len(rendered[i].input_ids) for i in idx)
+                ids = torch.full((len(idx), width), pad, dtype=torch.int64)
+                mask = torch.zeros(len(idx), width, dtype=torch.int64)
+                roles = torch.zeros(len(idx), width, dtype=torch.uint8)
+                for r, i in enumerate(idx):
+                    n = len(rendered[i].input_ids)
+                    ids[r, :n], mask[r, :n], roles[r, :n] = rendered[i].input_ids, 1, rendered[i].roles
+                keys = [todo[i].key for i in idx]
+                with torch.inference_mode(), tap.track(keys, attention_mask=mask, roles=roles):
+                    trunk(input_ids=ids, attention_mask=mask, use_cache=False)
+                tap.flush()
+                for key, batch in sink.tokens_by_request().items():
+                    meta = np.stack([batch.token_ids.numpy(), batch.roles.numpy().astype(np.int32),
+                                     batch.positions.numpy()], axis=1).astype(np.int32)
+                    pending.append((key, batch.activations.numpy(), meta))
+                sink.batches.clear()
+                bar.update(int(mask.sum()))
+                if len(pending) >= flush_every:
+                    self._append(pending)
+                    pending = []
+        self._append(pending)
+        bar.close()
+
+    def _append(self, items: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+        if not items:
+            return
+        shard = 1 + max((s for s, _, _ in self.index.values()), default=-1)
+        acts = np.concatenate([a for _, a, _ in items]).astype(np.float16)
+        meta = np.concatenate([m for _, _, m in items])
+        np.save(self.dir / f"shard-{shard:05d}.npy", acts)
+        np.save(self.dir / f"shard-{shard:05d}-meta.npy", meta)
+        start = 0
+        for key, a, _ in items:
+            self.index[key] = [shard, start, len(a)]
+            start += len(a)
+        tmp = self.dir / "index.json.tmp"
+        tmp.write_text(json.dumps(self.index))
+        os.replace(tmp, self.dir / "index.json")
