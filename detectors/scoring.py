@@ -16,7 +16,8 @@ import torch
 from detectors.spec import DetectorSpec
 from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE
 
-_SPAN_ROLES = {"prompt": (ROLE_PROMPT,), "response": (ROLE_RESPONSE,), "all": (ROLE_PROMPT, ROLE_RESPONSE)}
+_SPAN_ROLES = {"prompt": (ROLE_PROMPT,), "response": (ROLE_RESPONSE,), "all": (ROLE_PROMPT, ROLE_RESPONSE),
+               "final_turn": (ROLE_PROMPT, ROLE_RESPONSE)}
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,16 @@ class RequestScores:
     def features(self, detector: int) -> torch.Tensor | None:
         """Aggregated latent values ``[k]`` of one detector, or None when its span has no tokens yet."""
         c = self.bank._compiled[detector]
-        count = sum(self._count[r] for r in c.roles)
+        roles = c.roles
+        if c.spec.span == "final_turn":
+            roles = (ROLE_RESPONSE,) if self._count[ROLE_RESPONSE] else (ROLE_PROMPT,)
+        count = sum(self._count[r] for r in roles)
         if count == 0:
             return None
         if c.spec.aggregation == "max":
-            agg = torch.stack([self._max[r] for r in c.roles]).max(dim=0).values
+            agg = torch.stack([self._max[r] for r in roles]).max(dim=0).values
         else:
-            agg = sum(self._sum[r] for r in c.roles) / count
+            agg = sum(self._sum[r] for r in roles) / count
         return agg[c.cols]
 
     def score(self, detector: int) -> float | None:

@@ -60,7 +60,8 @@ class DetectorSpec(BaseModel):
     weights: list[float]
     bias: float = 0.0
     aggregation: Literal["max", "mean"] = "max"
-    span: Literal["prompt", "response", "all"] = "all"
+    span: Literal["prompt", "response", "all", "final_turn"] = "all"
+    """Tokens scored: ``final_turn`` is the response once the request has one, else the prompt."""
     threshold: float
     severity_thresholds: dict[Literal["medium", "high", "critical"], float] = Field(
         default_factory=dict, description="Score at or above which an alert is at least this severe (else low).")

@@ -89,3 +89,12 @@ def test_no_signal_specs_are_refused_unless_forced(tmp_path):
         load_specs(tmp_path, sae_sha256=SHA, d_sae=100)
     assert [s.name for s in load_specs(tmp_path, sae_sha256=SHA, d_sae=100, include_no_signal=True)] == ["scam"]
     assert len(load_specs(tmp_path, sae_sha256=SHA, d_sae=100, force=True)) == 2
+
+
+def test_final_turn_scores_the_prompt_until_the_response_starts():
+    bank = DetectorBank([spec(latents=(0,), weights=(1.0,), bias=0.0, span="final_turn")])
+    req = bank.new_request()
+    req.update(torch.tensor([[5.0], [1.0]]), torch.tensor([ROLE_PROMPT, ROLE_PROMPT], dtype=torch.uint8))
+    assert req.score(0) == 5.0
+    req.update(torch.tensor([[2.0]]), torch.tensor([ROLE_RESPONSE], dtype=torch.uint8))
+    assert req.score(0) == 2.0  # now only the response counts
