@@ -1,0 +1,211 @@
+"""``safety-monitor calibrate``: discover, fit, threshold and evaluate one detector per concept.
+
+Per concept, on the pair-aware splits of ``detectors.data``:
+
+* train split: choose span and aggregation, select latents, fit the linear detector (``discover``), and
+  fit the dense probe baseline on the same examples and span (``probe``);
+* calibration split: the threshold, from benign traffic (the ``benign/`` files and the concept's own
+  negatives) at the target FPR with a one-sided guarantee (``thresholds``); severity cut-offs at
+  a third, a tenth and a thirtieth of that FPR where enough benign samples exist;
+* test split: AUROC with a bootstrap interval, recall and FPR at the threshold with exact intervals,
+  per source too; FPR on benign test rows the calibration never saw;
+* leave-one-source-out: for concepts with several sources, a detector fit without a source is scored
+  on that source — how well it generalises to text it has never seen;
+* a detector whose test AUROC interval reaches 0.5, or whose recall interval overlaps its FPR
+  interval, is marked ``no_signal``: shipped for the record, never enabled by default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from detectors.activations import ActivationCache
+from detectors.data import BENIGN_FILES, CONCEPT_FILES, Example, by_split
+from detectors.discover import DiscoveryConfig, LinearDetector, fit_detector, rank_latents
+from detectors.features import AGGREGATIONS, SPANS, dense_features, latent_features
+from detectors.metrics import auroc, threshold_metrics
+from detectors.probe import fit_probe
+from detectors.spec import CalibrationRecord, DetectorSpec
+from detectors.thresholds import conformal_threshold
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What a calibration run targets."""
+
+    target_fpr: float = 0.01
+    """False-positive rate the threshold is chosen for."""
+    delta: float = 0.05
+    """1 - confidence of the FPR guarantee."""
+    spans: tuple[str, ...] = SPANS
+    """Spans tried."""
+    aggregations: tuple[str, ...] = AGGREGATIONS
+    """Aggregations tried."""
+    leave_one_source_out: bool = True
+    """Also fit without each source and score that source."""
+    n_boot: int = 500
+    """Bootstrap resamples for intervals."""
+
+
+@dataclass
+class DetectorReport:
+    """Everything calibration measured for one concept (written as JSON beside the spec)."""
+
+    concept: str
+    status: str
+    status_reason: str
+    span: str
+    aggregation: str
+    cv_auroc_by_choice: dict[str, float]
+    threshold: float
+    n_benign_calibration: int
+    test: dict
+    test_by_source: dict[str, dict]
+    benign_unseen: dict
+    probe: dict
+    probe_test_by_source: dict[str, dict]
+    loso: dict[str, dict]
+    top_latents: list[dict]
+    scores: dict[str, list] = field(default_factory=dict)
+    """Test and benign scores with labels, for plots."""
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _labels(ex: list[Example]) -> np.ndarray:
+    return np.array([e.label for e in ex], dtype=int)
+
+
+def _groups(ex: list[Example]) -> np.ndarray:
+    return np.array([e.group for e in ex])
+
+
+def calibrate_concept(concept: str, examples: list[Example], benign: list[Example], cache: ActivationCache, sae, *,
+                      model_id: str, hook: str, data_dir: Path, cfg: CalibrationConfig = CalibrationConfig(),
+                      disc: DiscoveryConfig = DiscoveryConfig(), progress: bool = True) -> tuple[DetectorSpec, DetectorReport]:
+    """Fit, threshold and evaluate the detector for ``concept`` (see module docstring)."""
+    split = by_split(examples)
+    train, test = split["train"], split["test"]
+    benign_split = by_split(benign)
+    cal_neg = [e for e in split["calibration"] if e.label == 0] + benign_split["calibration"]
+    benign_unseen = benign_split["test"]
+    y_tr, g_tr = _labels(train), _groups(train)
+
+    # --- choose span and aggregation by grouped CV on the train split
+    choices: dict[str, tuple[float, LinearDetector]] = {}
+    feats_by_span: dict[str, dict[str, np.ndarray]] = {}
+    for span in cfg.spans:
+        feats_by_span[span] = latent_features(cache, sae, train, span=span, aggregations=cfg.aggregations,
+                                              progress=progress)
+        for agg in cfg.aggregations:
+            det = fit_detector(feats_by_span[span][agg], y_tr, g_tr, disc)
+            choices[f"{span}/{agg}"] = (det.cv_auroc, det)
+    best_key = max(choices, key=lambda k: np.nan_to_num(choices[k][0], nan=-1))
+    span, agg = best_key.split("/")
+    det = choices[best_key][1]
+    ranking = rank_latents(feats_by_span[span][agg], y_tr, top=10)
+
+    def scores_of(ex: list[Example]) -> np.ndarray:
+        if not ex:
+            return np.zeros(0)
+        f = latent_features(cache, sae, ex, span=span, aggregations=(agg,), latents=det.latents, progress=False)[agg]
+        return det.score(f, columns=list(range(len(det.latents))))
+
+    # --- threshold on benign calibration traffic
+    cal_scores = scores_of(cal_neg)
+    choice = conformal_threshold(cal_scores, cfg.target_fpr, cfg.delta)
+    severity = {}
+    for name, factor in (("medium", 3), ("high", 10), ("critical", 30)):
+        try:
+            severity[name] = max(conformal_threshold(cal_scores, cfg.target_fpr / factor, cfg.delta).threshold,
+                                 choice.threshold)
+        except ValueError:
+            break
+
+    # --- test split, per source, unseen benign
+    s_test, y_test = scores_of(test), _labels(test)
+    m_test = threshold_metrics(s_test, y_test, choice.threshold, _groups(test), n_boot=cfg.n_boot)
+    by_source = {}
+    for src in sorted({e.source for e in test}):
+        idx = [i for i, e in enumerate(test) if e.source == src]
+        by_source[src] = threshold_metrics(s_test[idx], y_test[idx], choice.threshold, _groups(test)[idx],
+                                           n_boot=cfg.n_boot).to_dict()
+    s_unseen = scores_of(benign_unseen)
+    m_unseen = threshold_metrics(s_unseen, np.zeros(len(s_unseen)), choice.threshold, n_boot=0)
+
+    # --- dense probe on the same examples and span
+    probe = fit_probe(dense_features(cache, train, span=span), y_tr, g_tr)
+    p_test = probe.score(dense_features(cache, test, span=span))
+    probe_by_source = {}
+    for src in sorted({e.source for e in test}):
+        idx = [i for i, e in enumerate(test) if e.source == src]
+        probe_by_source[src] = {"auroc": auroc(p_test[idx], y_test[idx]), "n": len(idx)}
+
+    # --- leave one source out
+    loso = {}
+    sources = sorted({e.source for e in examples})
+    if cfg.leave_one_source_out and len(sources) > 1:
+        for src in sources:
+            held = [e for e in examples if e.source == src and e.split != "train"]
+            rest_idx = [i for i, e in enumerate(train) if e.source != src]
+            if len({int(e.label) for e in held}) < 2 or len({int(y_tr[i]) for i in rest_idx}) < 2:
+                continue
+            d_src = fit_detector(feats_by_span[span][agg][rest_idx], y_tr[rest_idx], g_tr[rest_idx], disc)
+            f_held = latent_features(cache, sae, held, span=span, aggregations=(agg,), latents=d_src.latents,
+                                     progress=False)[agg]
+            s_held = d_src.score(f_held, columns=list(range(len(d_src.latents))))
+            pr = fit_probe(dense_features(cache, [train[i] for i in rest_idx], span=span), y_tr[rest_idx],
+                           g_tr[rest_idx])
+            loso[src] = {"auroc": auroc(s_held, _labels(held)), "probe_auroc":
+                         auroc(pr.score(dense_features(cache, held, span=span)), _labels(held)), "n": len(held)}
+
+    # --- no placebo detectors
+    reasons = []
+    if np.isnan(m_test.auroc) or m_test.auroc_ci[0] <= 0.5:
+        reasons.append(f"test AUROC {m_test.auroc:.3f} has a 95% interval {tuple(round(v, 3) for v in m_test.auroc_ci)}"
+                       " that reaches 0.5")
+    if m_test.recall_ci[0] <= m_test.fpr_ci[1]:
+        reasons.append(f"recall at the threshold ({m_test.recall:.3f}) is not distinguishable from the FPR "
+                       f"({m_test.fpr:.3f})")
+    status = "no_signal" if reasons else "enabled"
+    files = [*CONCEPT_FILES[concept], *BENIGN_FILES]
+    record = CalibrationRecord(
+        target_fpr=cfg.target_fpr, achieved_fpr=m_unseen.fpr, achieved_fpr_ci=m_unseen.fpr_ci,
+        n_benign=choice.n_benign, auroc=m_test.auroc, auroc_ci=m_test.auroc_ci, recall=m_test.recall,
+        recall_ci=m_test.recall_ci, datasets={f: file_sha256(data_dir / f) for f in files},
+        date=datetime.now(UTC).date().isoformat(), delta=cfg.delta, fpr_upper_bound=choice.fpr_upper_bound,
+        threshold_rank=choice.rank, probe_auroc=auroc(p_test, y_test), span_choice_cv=
+        {k: round(float(v[0]), 4) for k, v in choices.items()},
+    )
+    spec = DetectorSpec(
+        name=concept, concept=concept, model=model_id, hook=hook, sae_sha256=sae.sha256,
+        latents=det.latents, weights=det.weights, bias=det.bias, aggregation=agg, span=span,
+        threshold=choice.threshold, severity_thresholds=severity, status=status, status_reason="; ".join(reasons),
+        calibration=record,
+        description=f"{concept}: {len(det.latents)} SAE latents, {agg} over {span} tokens",
+    )
+    report = DetectorReport(
+        concept=concept, status=status, status_reason="; ".join(reasons), span=span, aggregation=agg,
+        cv_auroc_by_choice={k: float(v[0]) for k, v in choices.items()}, threshold=choice.threshold,
+        n_benign_calibration=choice.n_benign, test=m_test.to_dict(), test_by_source=by_source,
+        benign_unseen=m_unseen.to_dict(), probe={"auroc": auroc(p_test, y_test), "cv_auroc": probe.cv_auroc,
+                                                 "c": probe.c}, probe_test_by_source=probe_by_source, loso=loso,
+        top_latents=[asdict(r) for r in ranking],
+        scores={"test": s_test.tolist(), "test_labels": y_test.tolist(), "test_sources": [e.source for e in test],
+                "benign_unseen": s_unseen.tolist(), "calibration_benign": cal_scores.tolist(),
+                "probe_test": p_test.tolist()},
+    )
+    return spec, report
+
+
+def write_report_json(report: DetectorReport, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(report), indent=1, default=float) + "\n")

@@ -1,0 +1,101 @@
+"""Calibration reports a person can look at: ROC, precision-recall and score histograms per detector
+(PNG), gathered with the numbers in ``docs/calibration/<detector>.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from detectors.calibrate import DetectorReport  # noqa: E402
+from detectors.spec import DetectorSpec  # noqa: E402
+
+
+def plot_detector(report: DetectorReport, spec: DetectorSpec, path: Path) -> Path:
+    """One figure with three panels: ROC (SAE detector and dense probe), precision-recall, histograms."""
+    s, y = np.array(report.scores["test"]), np.array(report.scores["test_labels"])
+    p = np.array(report.scores["probe_test"])
+    benign = np.array(report.scores["benign_unseen"])
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.4))
+    if len(np.unique(y)) == 2:
+        for scores, name in ((s, f"SAE detector (AUROC {report.test['auroc']:.3f})"),
+                             (p, f"dense probe (AUROC {report.probe['auroc']:.3f})")):
+            fpr, tpr, _ = roc_curve(y, scores)
+            ax[0].plot(fpr, tpr, label=name)
+        fired = s >= spec.threshold
+        ax[0].scatter([fired[y == 0].mean()], [fired[y == 1].mean()], color="red", zorder=5,
+                      label=f"threshold (FPR {fired[y == 0].mean():.3f}, recall {fired[y == 1].mean():.3f})")
+        prec, rec, _ = precision_recall_curve(y, s)
+        ax[1].plot(rec, prec, label="SAE detector")
+        prec, rec, _ = precision_recall_curve(y, p)
+        ax[1].plot(rec, prec, label="dense probe")
+    ax[0].plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax[0].set(xlabel="false-positive rate", ylabel="recall", title="ROC, test split")
+    ax[0].legend(fontsize=8, loc="lower right")
+    ax[1].set(xlabel="recall", ylabel="precision", title="precision-recall, test split")
+    ax[1].legend(fontsize=8)
+    bins = np.linspace(min(s.min(initial=0), benign.min(initial=0)), max(s.max(initial=1), benign.max(initial=1)), 50)
+    ax[2].hist(s[y == 0], bins=bins, alpha=0.55, density=True, label="test negatives")
+    ax[2].hist(s[y == 1], bins=bins, alpha=0.55, density=True, label="test positives")
+    ax[2].hist(benign, bins=bins, alpha=0.45, density=True, histtype="step", lw=1.5, label="unseen benign traffic")
+    ax[2].axvline(spec.threshold, color="red", label=f"threshold {spec.threshold:.2f}")
+    ax[2].set(xlabel="detector score", ylabel="density", title="score histograms")
+    ax[2].legend(fontsize=8)
+    status = "" if spec.status == "enabled" else f"  [{spec.status}]"
+    fig.suptitle(f"{spec.name}: {len(spec.latents)} latents, {spec.aggregation} over {spec.span} tokens{status}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _ci(v) -> str:
+    return f"[{v[0]:.3f}, {v[1]:.3f}]" if v and not any(x is None for x in v) else "–"
+
+
+def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: Path, *, labels: dict[int, str]) -> Path:
+    """``docs/calibration/<detector>.md``: the numbers, the plot and the latents."""
+    t, b = report.test, report.benign_unseen
+    lines = [
+        f"# Detector `{spec.name}` ({spec.concept})",
+        "",
+        f"Status: **{spec.status}**" + (f": {spec.status_reason}" if spec.status_reason else ""),
+        "",
+        f"SAE `{spec.sae_sha256[:16]}…`, {len(spec.latents)} latents, `{spec.aggregation}` over `{spec.span}` tokens, "
+        f"threshold {spec.threshold:.4f} (target FPR {spec.calibration.target_fpr:g} with "
+        f"{1 - spec.calibration.model_extra.get('delta', 0.05):.0%} confidence on {report.n_benign_calibration} benign "
+        "calibration samples).",
+        "",
+        f"![ROC, precision-recall and score histograms]({png.name})",
+        "",
+        "| set | n pos | n neg | AUROC [95% CI] | recall [CI] | FPR [CI] | dense probe AUROC |",
+        "|---|---:|---:|---|---|---|---:|",
+        f"| test split | {t['n_pos']} | {t['n_neg']} | {t['auroc']:.3f} {_ci(t['auroc_ci'])} | "
+        f"{t['recall']:.3f} {_ci(t['recall_ci'])} | {t['fpr']:.3f} {_ci(t['fpr_ci'])} | {report.probe['auroc']:.3f} |",
+    ]
+    for src, m in report.test_by_source.items():
+        pa = report.probe_test_by_source.get(src, {}).get("auroc", float("nan"))
+        lines.append(f"| {src} | {m['n_pos']} | {m['n_neg']} | {m['auroc']:.3f} {_ci(m['auroc_ci'])} | "
+                     f"{m['recall']:.3f} | {m['fpr']:.3f} | {pa:.3f} |")
+    lines.append(f"| unseen benign traffic | 0 | {b['n_neg']} | – | – | {b['fpr']:.3f} {_ci(b['fpr_ci'])} | – |")
+    if report.loso:
+        lines += ["", "Leave one source out (fit without the source, scored on its calibration and test rows):", "",
+                  "| held-out source | n | SAE detector AUROC | dense probe AUROC |", "|---|---:|---:|---:|"]
+        for src, m in report.loso.items():
+            lines.append(f"| {src} | {m['n']} | {m['auroc']:.3f} | {m['probe_auroc']:.3f} |")
+    lines += ["", "Span and aggregation chosen by grouped 5-fold CV AUROC on the train split:", "",
+              "| choice | CV AUROC |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in sorted(report.cv_auroc_by_choice.items(), key=lambda kv: -kv[1])]
+    lines += ["", "Latents (weight × aggregated activation adds to the score):", "",
+              "| latent | weight | label |", "|---:|---:|---|"]
+    for lat, w in sorted(zip(spec.latents, spec.weights), key=lambda t: -abs(t[1])):
+        lines.append(f"| {lat} | {w:+.3f} | {labels.get(lat, '')} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path

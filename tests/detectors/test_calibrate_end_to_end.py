@@ -1,0 +1,73 @@
+"""A small end-to-end run: calibrate a detector on a labelled file, then evaluate it with `eval --json`.
+
+Uses the real model, tap and shipped SAE on a synthetic concept whose positives carry an obvious
+signal (prize-claim messages), so the pipeline must find latents, set a threshold and score them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from detectors.spec import DetectorSpec
+from monitor.cli import main
+
+PRIZES = ["a free cruise", "£1000 cash", "a new iPhone", "two concert tickets", "a holiday in Spain", "a gift card"]
+ACTIONS = ["Reply WIN to", "Text CLAIM to 80082 to", "Call 0906 555 0101 now to", "Click the link to"]
+NEUTRAL = ["Can we move the meeting to Thursday?", "I left my umbrella at your place.", "The train is late again.",
+           "Dinner is at seven, bring a salad.", "Did you finish the report?", "My cat knocked over the plant.",
+           "See you at the gym tomorrow.", "The library closes early on Sundays."]
+
+
+def _rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        if i % 2:
+            text = f"URGENT! You have won {rng.choice(PRIZES)}. {rng.choice(ACTIONS)} claim your prize."
+            rows.append({"text": text, "label": 1, "source": "synthetic-spam"})
+        else:
+            rows.append({"text": f"{rng.choice(NEUTRAL)} {rng.choice(NEUTRAL)}", "label": 0, "source": "synthetic-ham"})
+    return rows
+
+
+def _write(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.slow
+def test_calibrate_then_eval(tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    rng = random.Random(3)
+    benign_rows = [{"text": f"{rng.choice(NEUTRAL)} Also: {rng.choice(NEUTRAL)} #{i}", "label": 0} for i in range(240)]
+    _write(data_dir / "benign" / "alpaca_instructions.jsonl", benign_rows[:200])
+    _write(data_dir / "benign" / "refusal_direction_harmless_chat.jsonl",
+           [{"text": r["text"], "label": 0, "prompt": r["text"], "response": "Sure."} for r in benign_rows[200:]])
+    train_file = _write(tmp_path / "prize.jsonl", _rows(160, seed=0))
+    out, docs = tmp_path / "detectors", tmp_path / "docs"
+    rc = main(["calibrate", "--concepts", "prize", "--data", str(train_file), "--data-dir", str(data_dir),
+               "--out", str(out), "--docs", str(docs), "--target-fpr", "0.05", "--no-loso", "--json"])
+    assert rc == 0
+    spec = DetectorSpec.load(out / "prize.json")
+    assert 1 <= len(spec.latents) <= 32
+    assert spec.calibration.auroc > 0.9 and spec.status == "enabled"
+    assert (docs / "prize.png").stat().st_size > 10_000 and "AUROC" in (docs / "prize.md").read_text()
+    capsys.readouterr()
+
+    held_out = _write(tmp_path / "held_out.jsonl", _rows(40, seed=99))
+    assert main(["eval", "--data", str(held_out), "--detectors", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["detectors"]["prize"]
+    assert (result["n_pos"], result["n_neg"]) == (20, 20)
+    assert result["auroc"] > 0.9
+    assert result["recall"] > 0.5 and result["fpr"] <= 0.2
+
+
+def test_eval_rejects_a_malformed_file(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "hi", "label": 1}\n{"text": "no label"}\n')
+    assert main(["eval", "--data", str(bad), "--json"]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
