@@ -160,6 +160,72 @@ def cmd_sae_hash(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- serve / model-server
+def _settings_from_args(args: argparse.Namespace, section: str):
+    from monitor.settings import SettingsError, load_settings
+
+    listener = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides: dict = {section: listener} if listener else {}
+    if getattr(args, "sidecar_url", None):
+        overrides.setdefault("model_server", {})["sidecar_url"] = args.sidecar_url
+    try:
+        return load_settings(args.config, **overrides)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _configure_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per shipped batch otherwise
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from monitor.sidecar import Sidecar, SidecarStartError
+
+    settings = _settings_from_args(args, "server")
+    _configure_logging(settings.server.log_level)
+    try:
+        sidecar = Sidecar.load(settings)
+    except SidecarStartError as exc:
+        raise UsageError(str(exc)) from None
+    import uvicorn
+
+    from monitor.app import create_app
+
+    gen = sidecar.generation
+    print(f"safety-monitor sidecar: SAE {sidecar.sae.sha256[:12]} ({sidecar.sae.cfg.architecture}, "
+          f"{sidecar.sae.cfg.d_sae} latents), {len(gen.specs)} detectors, {len(gen.latents)} monitored latents, "
+          f"listening on http://{settings.server.host}:{settings.server.port}", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(sidecar), host=settings.server.host, port=settings.server.port,
+                log_level=settings.server.log_level, access_log=settings.server.access_log,
+                timeout_graceful_shutdown=int(settings.server.shutdown_drain_s) + 5)
+    return 0
+
+
+def cmd_model_server(args: argparse.Namespace) -> int:
+    import torch
+
+    from monitor.model_server import ModelServer, create_model_server_app
+    from monitor.models import load_model
+
+    settings = _settings_from_args(args, "model_server")
+    _configure_logging(settings.server.log_level)
+    torch.set_num_threads(settings.model_server.torch_threads)
+    lm = load_model(settings.model.id, dtype=getattr(torch, settings.model.dtype))
+    server = ModelServer.from_settings(settings, lm)
+    import uvicorn
+
+    ms = settings.model_server
+    target = ms.sidecar_url or "nowhere (model_server.sidecar_url is not set)"
+    print(f"safety-monitor model server: {lm.model_id}, tap on layer {settings.model.layer} -> {target}, "
+          f"listening on http://{ms.host}:{ms.port}", file=sys.stderr, flush=True)
+    uvicorn.run(create_model_server_app(server), host=ms.host, port=ms.port, log_level=settings.server.log_level,
+                access_log=settings.server.access_log)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from monitor.collect import CollectConfig
@@ -215,12 +281,30 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("path")
     hs.set_defaults(func=cmd_sae_hash)
 
+    srv = sub.add_parser("serve", help="run the sidecar: ingest activations, score detectors, raise alerts",
+                         description="Settings come from --config, SAFETY_MONITOR_* variables and these flags "
+                                     "(see docs/sidecar.md).")
+    srv.add_argument("--config", help="YAML settings file")
+    srv.add_argument("--host", help="interface to bind (server.host)")
+    srv.add_argument("--port", type=int, help="TCP port (server.port)")
+    srv.set_defaults(func=cmd_serve)
+
+    ms = sub.add_parser("model-server", help="run the example chat model server with the tap shipping to a sidecar")
+    ms.add_argument("--config", help="YAML settings file (the same file as the sidecar's)")
+    ms.add_argument("--host", help="interface to bind (model_server.host)")
+    ms.add_argument("--port", type=int, help="TCP port (model_server.port)")
+    ms.add_argument("--sidecar-url", help="sidecar base URL (model_server.sidecar_url)")
+    ms.set_defaults(func=cmd_model_server)
+
     try:
         from alerts.cli import register as register_alerts
     except ImportError:
         register_alerts = None
     if register_alerts is not None:
         register_alerts(sub)
+    from monitor.cli_detectors import register as register_detector_jobs
+
+    register_detector_jobs(sub)
     return p
 
 

@@ -3,12 +3,14 @@ them, and the FastAPI app under Starlette's TestClient (lifespan started and sto
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
-from sidecar_testkit import make_sae, make_settings, make_spec
+from sidecar_testkit import free_port, make_sae, make_settings, make_spec, wait_http
 
 from monitor.app import create_app
 from monitor.sae import FrozenSAE
@@ -52,3 +54,18 @@ def sidecar(settings: Settings) -> Sidecar:
 def client(sidecar: Sidecar) -> Iterator[TestClient]:
     with TestClient(create_app(sidecar), raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture()
+def live_url(sidecar: Sidecar) -> Iterator[str]:
+    """The sidecar app under a real uvicorn server on a free port, in a thread; its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(sidecar), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/healthz", 20)
+    yield url
+    server.should_exit = True
+    thread.join(15)

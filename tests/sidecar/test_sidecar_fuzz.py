@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
-from collections.abc import Iterator
 
-import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sidecar_testkit import ADMIN, INGEST, INGEST_AUTH, SAFETENSORS, free_port, make_batch, wait_http
+from sidecar_testkit import ADMIN, INGEST, INGEST_AUTH, SAFETENSORS, make_batch
 
 from monitor.app import create_app
 from monitor.sidecar import Sidecar
@@ -95,21 +91,6 @@ def test_the_service_is_healthy_after_fuzzing(client):
 
 
 # ------------------------------------------------------------------------------------- schemathesis
-@pytest.fixture()
-def live_url(sidecar: Sidecar) -> Iterator[str]:
-    """The sidecar app under a real uvicorn server on a free port, in a thread."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(sidecar), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/healthz", 20)
-    yield url
-    server.should_exit = True
-    thread.join(15)
-
-
 def _openapi_document() -> dict:
     """The app's OpenAPI document (it does not depend on the SAE or detectors a sidecar loads)."""
     import shutil

@@ -1,0 +1,185 @@
+"""Two real processes: ``safety-monitor model-server`` -> ``safety-monitor serve``.
+
+A conversation goes to the model server's chat endpoint with a request id; the tap ships the
+activations over HTTP to the sidecar, which scores them with a detector this test wrote (latents
+observed active on the same conversation, threshold at half of the score they reach) and commits
+the alert to its SQLite outbox under the same request id.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from sidecar_testkit import (
+    ADMIN,
+    INGEST,
+    console_script,
+    free_port,
+    subprocess_env,
+    wait_http,
+    wait_until,
+)
+
+from detectors.scoring import DetectorBank
+from detectors.spec import DetectorSpec
+from monitor.model_server import ChatRequest, ModelServer
+from monitor.sae import FrozenSAE, SAEConfig
+from monitor.settings import load_settings
+from monitor.tap import CollectingSink
+
+pytestmark = pytest.mark.slow
+
+CONVERSATION = [{"role": "user", "content": "Congratulations! You have won a free cruise. Reply with your bank "
+                 "details to claim your prize today."}]
+NEW_TOKENS = 6
+REQUEST_ID = "e2e-conversation-0001"
+
+
+def random_sae(path: Path, d_in: int = 576, d_sae: int = 512) -> FrozenSAE:
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(d_in, d_sae, generator=g) / d_in**0.5
+    sae = FrozenSAE(SAEConfig(d_in=d_in, d_sae=d_sae, architecture="jumprelu"),
+                    {"W_enc": w, "b_enc": torch.zeros(d_sae), "W_dec": w.T.contiguous(), "b_dec": torch.zeros(d_in),
+                     "threshold": torch.full((d_sae,), 0.5)})
+    sae.save(path)
+    return FrozenSAE.load(path)
+
+
+def observed_detector(default_model, sae: FrozenSAE, settings) -> DetectorSpec:
+    """Run the same conversation in-process through the same tap; pick the three latents with the
+    largest activation (attention sink excluded) and set the threshold at half their score."""
+    sink = CollectingSink()
+    server = ModelServer(settings, default_model, sink=None)
+    server.tap.sink = sink
+    try:
+        server.chat(ChatRequest(messages=CONVERSATION, max_new_tokens=NEW_TOKENS), "probe")
+        server.tap.flush(10)
+    finally:
+        server.tap.close()
+    batch = sink.tokens_by_request()["probe"]
+    keep = batch.positions != 0
+    z = sae.encode(batch.activations[keep])
+    top = z.max(dim=0).values.topk(3).indices.tolist()
+    spec = DetectorSpec(name="e2e_probe", concept="test", model=settings.model.id, hook=settings.model.hook_name,
+                        sae_sha256=sae.sha256, latents=top, weights=[1.0, 1.0, 1.0], threshold=1.0)
+    req = DetectorBank([spec]).new_request()
+    req.update(sae.encode_latents(batch.activations[keep], sorted(top)), batch.roles[keep])
+    score = req.score(0)
+    assert score is not None and score > 1.0, f"the random SAE is silent on this conversation ({score})"
+    return spec.model_copy(update={"threshold": round(score / 2, 3)})
+
+
+class Proc:
+    """A console-script subprocess with its output in a log file; always terminated."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self._fh = log.open("w")
+        self.proc = subprocess.Popen([console_script(), *args], stdout=self._fh, stderr=subprocess.STDOUT,
+                                     env=subprocess_env(), start_new_session=True)
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._fh.close()
+        return self.proc.returncode
+
+
+def outbox_rows(path: Path) -> list[tuple[str, str]]:
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute("SELECT request_id, payload FROM outbox").fetchall()
+    except sqlite3.OperationalError:  # the sidecar has not created the table yet
+        return []
+    finally:
+        db.close()
+
+
+def test_model_server_to_sidecar_conversation_raises_an_alert_with_the_request_id(default_model, tmp_path):
+    sae = random_sae(tmp_path / "sae")
+    sidecar_port, server_port = free_port(), free_port()
+    outbox = tmp_path / "outbox.sqlite3"
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"sae:\n  path: {tmp_path / 'sae'}\n  sha256: '{sae.sha256}'\n"
+        f"detectors:\n  dir: {tmp_path / 'detectors'}\n"
+        f"auth:\n  ingest_token: {INGEST}\n  admin_token: {ADMIN}\n"
+        f"alerts:\n  console: false\n  outbox:\n    path: {outbox}\n"
+        f"server:\n  port: {sidecar_port}\n  log_level: warning\n"
+        f"model_server:\n  port: {server_port}\n  sidecar_url: http://127.0.0.1:{sidecar_port}\n"
+    )
+    settings = load_settings(config)
+    spec = observed_detector(default_model, sae, settings)
+    spec.save(tmp_path / "detectors" / "e2e_probe.json")
+
+    sidecar = Proc(["serve", "--config", str(config)], tmp_path / "sidecar.log")
+    server = None
+    try:
+        wait_http(f"http://127.0.0.1:{sidecar_port}/readyz", 60, sidecar.proc)
+        server = Proc(["model-server", "--config", str(config)], tmp_path / "model-server.log")
+        wait_http(f"http://127.0.0.1:{server_port}/healthz", 120, server.proc)
+        r = httpx.post(f"http://127.0.0.1:{server_port}/v1/chat", headers={"X-Request-ID": REQUEST_ID},
+                       json={"messages": CONVERSATION, "max_new_tokens": NEW_TOKENS}, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-request-id"] == REQUEST_ID and r.json()["monitored"] is True
+
+        rows = wait_until(lambda: outbox_rows(outbox), timeout_s=30, interval_s=0.2, what="the alert in the outbox")
+        assert [rid for rid, _ in rows] == [REQUEST_ID]
+        alert = json.loads(rows[0][1])
+        assert alert["detector"] == "e2e_probe" and alert["sae_sha256"] == sae.sha256
+        assert alert["model"] == settings.model.id and alert["score"] >= spec.threshold
+
+        metrics = httpx.get(f"http://127.0.0.1:{sidecar_port}/metrics").text
+        tokens = next(float(x.split()[-1]) for x in metrics.splitlines()
+                      if x.startswith("safety_monitor_tokens_ingested_total"))
+        # generate() never runs the model on its last sampled token, so the tap sees one token fewer.
+        assert tokens == r.json()["prompt_tokens"] + r.json()["completion_tokens"] - 1
+        wait_until(lambda: 'safety_monitor_requests_finished_total{reason="final"} 1.0'
+                   in httpx.get(f"http://127.0.0.1:{sidecar_port}/metrics").text, timeout_s=10,
+                   what="the final flag to reach the sidecar")
+    finally:
+        codes = [p.stop() for p in (server, sidecar) if p is not None]
+        for p in (server, sidecar):
+            if p is not None:
+                sys.stderr.write(f"--- {p.log.name}\n{p.log.read_text()[-3000:]}\n")
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: -15 is a clean exit here.
+    assert all(c in (0, -signal.SIGTERM) for c in codes), codes
+    assert "Traceback" not in (tmp_path / "sidecar.log").read_text() + (tmp_path / "model-server.log").read_text()
+
+
+def test_model_server_propagates_and_checks_request_ids(default_model, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from monitor.model_server import create_model_server_app
+
+    settings = load_settings(None, auth={"disabled": True}, model_server={"max_new_tokens": 2})
+    sink = CollectingSink()
+    server = ModelServer(settings, default_model, sink=None)
+    server.tap.sink = sink
+    with TestClient(create_model_server_app(server)) as client:
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_new_tokens": 50}
+        r = client.post("/v1/chat", json=body, headers={"X-Request-ID": "abc-123"})
+        assert r.status_code == 200 and r.headers["x-request-id"] == "abc-123"
+        assert r.json()["completion_tokens"] <= 2  # capped by model_server.max_new_tokens
+        r = client.post("/v1/chat", json={**body, "request_id": "from-body"})
+        assert r.json()["request_id"] == "from-body"
+        assert len(client.post("/v1/chat", json=body).json()["request_id"]) == 36  # a fresh UUID
+        assert client.post("/v1/chat", json=body, headers={"X-Request-ID": "bad id!"}).status_code == 400
+        server.tap.flush(10)
+    ids = {rid for b in sink.batches for rid in b.request_ids}
+    assert {"abc-123", "from-body"} <= ids
