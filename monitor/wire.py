@@ -297,5 +297,6 @@ def _validate(b: ActivationBatch, limits: WireLimits) -> None:
         raise WireFormatError("a batch with tokens must name at least one request")
     if (int(b.offsets[0]) != 0 or int(b.offsets[-1]) != n or bool((b.offsets[1:] < b.offsets[:-1]).any())):
         raise WireFormatError(f"offsets must start at 0, end at n_tokens={n} and never decrease")
-    if n and not bool(torch.isfinite(b.activations).all()):
+    # amax propagates NaN and |±Inf| = Inf, so this is exact; isfinite().all() is ~10x slower on float16.
+    if n and not bool(torch.isfinite(b.activations.abs().amax())):
         raise WireFormatError("activations contain NaN or Inf")
