@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from detectors.activations import ActivationCache
-from detectors.data import BENIGN_FILES, CONCEPT_FILES, Example, by_split
+from detectors.data import Example, by_split
 from detectors.discover import DiscoveryConfig, LinearDetector, fit_detector, rank_latents
 from detectors.features import AGGREGATIONS, SPANS, dense_features, latent_features
 from detectors.metrics import auroc, threshold_metrics
@@ -89,7 +89,7 @@ def _groups(ex: list[Example]) -> np.ndarray:
 
 
 def calibrate_concept(concept: str, examples: list[Example], benign: list[Example], cache: ActivationCache, sae, *,
-                      model_id: str, hook: str, data_dir: Path, cfg: CalibrationConfig = CalibrationConfig(),
+                      model_id: str, hook: str, dataset_paths: list[Path], cfg: CalibrationConfig = CalibrationConfig(),
                       disc: DiscoveryConfig = DiscoveryConfig(), progress: bool = True) -> tuple[DetectorSpec, DetectorReport]:
     """Fit, threshold and evaluate the detector for ``concept`` (see module docstring)."""
     split = by_split(examples)
@@ -176,11 +176,11 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
         reasons.append(f"recall at the threshold ({m_test.recall:.3f}) is not distinguishable from the FPR "
                        f"({m_test.fpr:.3f})")
     status = "no_signal" if reasons else "enabled"
-    files = [*CONCEPT_FILES[concept], *BENIGN_FILES]
     record = CalibrationRecord(
         target_fpr=cfg.target_fpr, achieved_fpr=m_unseen.fpr, achieved_fpr_ci=m_unseen.fpr_ci,
         n_benign=choice.n_benign, auroc=m_test.auroc, auroc_ci=m_test.auroc_ci, recall=m_test.recall,
-        recall_ci=m_test.recall_ci, datasets={f: file_sha256(data_dir / f) for f in files},
+        recall_ci=m_test.recall_ci, datasets={p.name if p.parent.name in ("", ".") else f"{p.parent.name}/{p.name}": file_sha256(p)
+                  for p in dataset_paths},
         date=datetime.now(UTC).date().isoformat(), delta=cfg.delta, fpr_upper_bound=choice.fpr_upper_bound,
         threshold_rank=choice.rank, probe_auroc=auroc(p_test, y_test), span_choice_cv=
         {k: round(float(v[0]), 4) for k, v in choices.items()},

@@ -76,7 +76,7 @@ def rank_latents(features: np.ndarray, labels: np.ndarray, top: int | None = Non
 def _fit(x: np.ndarray, y: np.ndarray, c: float, penalty: str) -> LogisticRegression:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return LogisticRegression(penalty=penalty, C=c, solver="liblinear", max_iter=2000,
+        return LogisticRegression(l1_ratio=1.0 if penalty == "l1" else 0.0, C=c, solver="liblinear", max_iter=2000,
                                   class_weight="balanced").fit(x, y)
 
 

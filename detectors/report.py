@@ -55,8 +55,12 @@ def plot_detector(report: DetectorReport, spec: DetectorSpec, path: Path) -> Pat
     return path
 
 
+def _f(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+
 def _ci(v) -> str:
-    return f"[{v[0]:.3f}, {v[1]:.3f}]" if v and not any(x is None for x in v) else "–"
+    return f"[{v[0]:.3f}, {v[1]:.3f}]" if v and not any(x is None or np.isnan(x) for x in v) else ""
 
 
 def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: Path, *, labels: dict[int, str]) -> Path:
@@ -81,14 +85,14 @@ def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: 
     ]
     for src, m in report.test_by_source.items():
         pa = report.probe_test_by_source.get(src, {}).get("auroc", float("nan"))
-        lines.append(f"| {src} | {m['n_pos']} | {m['n_neg']} | {m['auroc']:.3f} {_ci(m['auroc_ci'])} | "
-                     f"{m['recall']:.3f} | {m['fpr']:.3f} | {pa:.3f} |")
+        lines.append(f"| {src} | {m['n_pos']} | {m['n_neg']} | {_f(m['auroc'])} {_ci(m['auroc_ci'])} | "
+                     f"{_f(m['recall'])} | {_f(m['fpr'])} | {_f(pa)} |")
     lines.append(f"| unseen benign traffic | 0 | {b['n_neg']} | – | – | {b['fpr']:.3f} {_ci(b['fpr_ci'])} | – |")
     if report.loso:
         lines += ["", "Leave one source out (fit without the source, scored on its calibration and test rows):", "",
                   "| held-out source | n | SAE detector AUROC | dense probe AUROC |", "|---|---:|---:|---:|"]
         for src, m in report.loso.items():
-            lines.append(f"| {src} | {m['n']} | {m['auroc']:.3f} | {m['probe_auroc']:.3f} |")
+            lines.append(f"| {src} | {m['n']} | {_f(m['auroc'])} | {_f(m['probe_auroc'])} |")
     lines += ["", "Span and aggregation chosen by grouped 5-fold CV AUROC on the train split:", "",
               "| choice | CV AUROC |", "|---|---:|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in sorted(report.cv_auroc_by_choice.items(), key=lambda kv: -kv[1])]

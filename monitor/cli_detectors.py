@@ -34,7 +34,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from detectors.calibrate import CalibrationConfig, calibrate_concept, write_report_json
-    from detectors.data import CONCEPT_FILES, load_benign, load_concept, load_file, subsample
+    from detectors.data import BENIGN_FILES, CONCEPT_FILES, load_benign, load_concept, load_file, subsample
     from detectors.discover import DiscoveryConfig
     from detectors.report import plot_detector, write_markdown
     from monitor.artifacts import default_sae_dir
@@ -64,12 +64,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for concept in args.concepts:
         if args.data:
             examples = [e for p in args.data for e in subsample(load_file(Path(p)), args.max_per_file, 0)]
+            paths = [Path(p) for p in args.data]
         else:
             examples = load_concept(concept, data_dir, max_per_file=args.max_per_file)
+            paths = [data_dir / f for f in CONCEPT_FILES[concept]]
+        paths += [data_dir / f for f in BENIGN_FILES] + [Path(p) for p in args.benign or []]
         print(f"[{concept}] {len(examples)} examples, {len(benign)} benign; computing activations", file=sys.stderr)
         cache.ensure(lm, examples + benign)
         spec, report = calibrate_concept(concept, examples, benign, cache, sae, model_id=lm.model_id,
-                                         hook=hook_name(args.layer), data_dir=data_dir, cfg=cfg, disc=disc)
+                                         hook=hook_name(args.layer), dataset_paths=paths, cfg=cfg, disc=disc)
         spec.save(out / f"{spec.name}.json")
         write_report_json(report, out / "reports" / f"{spec.name}.json")
         png = plot_detector(report, spec, docs / f"{spec.name}.png")

@@ -43,10 +43,10 @@ def _write(path, rows):
 def test_calibrate_then_eval(tmp_path, capsys):
     data_dir = tmp_path / "data"
     rng = random.Random(3)
-    benign_rows = [{"text": f"{rng.choice(NEUTRAL)} Also: {rng.choice(NEUTRAL)} #{i}", "label": 0} for i in range(240)]
-    _write(data_dir / "benign" / "alpaca_instructions.jsonl", benign_rows[:200])
+    benign_rows = [{"text": f"{rng.choice(NEUTRAL)} Also: {rng.choice(NEUTRAL)} #{i}", "label": 0} for i in range(400)]
+    _write(data_dir / "benign" / "alpaca_instructions.jsonl", benign_rows[:300])
     _write(data_dir / "benign" / "refusal_direction_harmless_chat.jsonl",
-           [{"text": r["text"], "label": 0, "prompt": r["text"], "response": "Sure."} for r in benign_rows[200:]])
+           [{"text": r["text"], "label": 0, "prompt": r["text"], "response": "Sure."} for r in benign_rows[300:]])
     train_file = _write(tmp_path / "prize.jsonl", _rows(160, seed=0))
     out, docs = tmp_path / "detectors", tmp_path / "docs"
     rc = main(["calibrate", "--concepts", "prize", "--data", str(train_file), "--data-dir", str(data_dir),
