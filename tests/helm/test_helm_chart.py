@@ -40,6 +40,8 @@ from monitor.settings import ENV_PREFIX, ModelServerSettings, ServerSettings, Se
 SCENARIOS = scenario_files()
 SCENARIO_IDS = [p.name.removesuffix("-values.yaml") for p in SCENARIOS]
 BY_NAME = dict(zip(SCENARIO_IDS, SCENARIOS, strict=True))
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCS_CITING_METRICS = ("docs/deploy.md", "helm/safety-monitor/README.md", "helm/safety-monitor/UPGRADING.md")
 SECRETISH = re.compile(r"TOKEN|PASSWORD|SECRET", re.IGNORECASE)
 
 
@@ -761,3 +763,89 @@ def test_image_digest_wins_over_tag(chart: ChartKit):
     digest = "sha256:" + "ab" * 32
     pod = chart.render_scenario(BY_NAME["default"], {"image": {"digest": digest}}).pod()
     assert {c["image"] for c in containers(pod)} == {f"ghcr.io/safety-monitor/safety-monitor@{digest}"}
+
+
+# ----------------------------------------------------------------------------------- the real sidecar
+def test_rendered_settings_start_the_sidecar_and_its_probes_answer(chart: ChartKit, tmp_path):
+    """`safety-monitor serve` with the chart's settings file and the pod's environment: the startup and
+    liveness path answers, /readyz and /metrics too, and SIGTERM ends it within the grace period."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    if not (REPO_ROOT / "artifacts" / "defaults.json").is_file():
+        pytest.skip("artifacts/ (the shipped SAE) is not in this checkout")
+    r = chart.render_scenario(BY_NAME["fail-closed"], {"kafka": {"enabled": False}})
+    pod = r.pod()
+    side = sidecar(pod)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(r.settings_yaml())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env |= pod_environment(side)
+    # The pod's paths do not exist here: only the port and the outbox file move (variables beat the file).
+    env |= {
+        "SAFETY_MONITOR_SERVER__PORT": str(port),
+        "SAFETY_MONITOR_SERVER__HOST": "127.0.0.1",
+        "SAFETY_MONITOR_ALERTS__OUTBOX__PATH": str(tmp_path / "outbox.sqlite3"),
+    }
+    cmd = side["command"]
+    assert cmd[:2] == ["safety-monitor", "serve"]
+    exe = str(Path(sys.executable).with_name("safety-monitor"))
+    proc = subprocess.Popen(
+        [exe, *cmd[1:-1], str(settings)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        startup = side["startupProbe"]
+        budget = startup["periodSeconds"] * startup["failureThreshold"]  # what the kubelet would allow
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + budget
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(base + startup["httpGet"]["path"], timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the startup probe would have failed"
+            time.sleep(0.2)
+        assert httpx.get(base + side["livenessProbe"]["httpGet"]["path"], timeout=5).status_code == 200
+        ready = httpx.get(base + side["readinessProbe"]["httpGet"]["path"], timeout=5)
+        assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
+        assert ready.json()["checks"]["outbox"]["ok"]
+        metrics = httpx.get(base + "/metrics", timeout=5).text
+        # Every sidecar metric the operator docs tell people to watch is exported.
+        docs = "".join((REPO_ROOT / p).read_text() for p in DOCS_CITING_METRICS)
+        for name in sorted(set(re.findall(r"safety_monitor_[a-z_]+[a-z]", docs))):
+            if not name.startswith("safety_monitor_model_server_"):
+                base = name.removesuffix("_total")
+                assert re.search(rf"^# TYPE {base}(_total)? ", metrics, re.MULTILINE), (
+                    f"{name} is not exported"
+                )
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=pod["terminationGracePeriodSeconds"])
+        assert time.monotonic() - t0 < pod["terminationGracePeriodSeconds"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_model_server_metrics_cited_in_the_docs_exist():
+    source = (REPO_ROOT / "monitor" / "model_server.py").read_text()
+    docs = "".join((REPO_ROOT / p).read_text() for p in DOCS_CITING_METRICS)
+    names = set(re.findall(r"safety_monitor_model_server_([a-z_]+[a-z])", docs))
+    assert names
+    for rest in names:
+        assert f'f"{{p}}_{rest.removesuffix("_total")}"' in source, rest

@@ -186,3 +186,23 @@ def test_chart_metadata(chart: ChartKit):
     for tpl in (CHART_DIR / "templates").glob("*.yaml"):
         text = tpl.read_text()
         assert "name: model-server\n" not in text, f"{tpl.name} declares the model-server container"
+
+
+def test_deploy_doc_walks_from_install_to_alerts():
+    deploy = (REPO / "docs" / "deploy.md").read_text()
+    for needed in (
+        "helm install",
+        "kubectl -n $NS create secret generic",
+        "/readyz",
+        "/v1/chat",
+        "/dashboard",
+        "alerts tail",
+        "UPGRADING.md",
+        "## 5. Sizing",
+        "## 6. What happens on failures",
+        "vLLM",
+        "docker build",
+    ):
+        assert needed in deploy, needed
+    values = load_values(CHART_DIR / "values.yaml")
+    assert f"{values['sidecar']['port']}:{values['sidecar']['port']}" in deploy
