@@ -110,6 +110,13 @@ def dockerignore_excludes(rel: str) -> bool:
     return excluded
 
 
+needs_artifacts = pytest.mark.skipif(
+    not (REPO / "artifacts" / "defaults.json").is_file(),
+    reason="artifacts/ (the shipped SAE the image bakes in) is not in this checkout: the image cannot be built",
+)
+
+
+@needs_artifacts
 def test_build_context_keeps_sources_and_artifacts_and_drops_the_rest():
     defaults = json.loads((REPO / "artifacts" / "defaults.json").read_text())
     needed = [
@@ -139,6 +146,7 @@ def test_build_context_keeps_sources_and_artifacts_and_drops_the_rest():
         assert dockerignore_excludes(rel), f"{rel} should stay out of the build context"
 
 
+@needs_artifacts
 def test_every_copy_source_exists_in_the_context():
     for stage in STAGES:
         for args in stage.all("COPY"):
