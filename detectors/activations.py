@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from detectors.data import Example
@@ -71,43 +70,26 @@ class ActivationCache:
                progress: bool = True) -> None:
         """Compute and store the activations of every example not cached yet."""
         from monitor.chat import render_chat
-        from monitor.models import truncated
-        from monitor.tap import ActivationTap, CollectingSink
+        from monitor.sequence_runner import tap_sequences
 
         todo = self.missing(examples)
         if not todo:
             return
         rendered = [render_chat(lm.tokenizer, e.message_dicts(), max_tokens=self.context) for e in todo]
         order = sorted(range(len(todo)), key=lambda i: len(rendered[i].input_ids))  # less padding
-        pad = lm.tokenizer.pad_token_id or 0
         pending: list[tuple[str, np.ndarray, np.ndarray]] = []
         bar = tqdm(total=sum(len(r.input_ids) for r in rendered), unit="tok", unit_scale=True, disable=not progress,
                    desc=f"activations layer {self.layer}")
-        sink = CollectingSink()
-        with truncated(lm.model, self.layer) as trunk, ActivationTap(
-                lm.model, layer=self.layer, sink=sink, model_id=lm.model_id, max_queue=1 << 20) as tap:
-            for b in range(0, len(order), batch_size):
-                idx = order[b : b + batch_size]
-                width = max(len(rendered[i].input_ids) for i in idx)
-                ids = torch.full((len(idx), width), pad, dtype=torch.int64)
-                mask = torch.zeros(len(idx), width, dtype=torch.int64)
-                roles = torch.zeros(len(idx), width, dtype=torch.uint8)
-                for r, i in enumerate(idx):
-                    n = len(rendered[i].input_ids)
-                    ids[r, :n], mask[r, :n], roles[r, :n] = rendered[i].input_ids, 1, rendered[i].roles
-                keys = [todo[i].key for i in idx]
-                with torch.inference_mode(), tap.track(keys, attention_mask=mask, roles=roles):
-                    trunk(input_ids=ids, attention_mask=mask, use_cache=False)
-                tap.flush()
-                for key, batch in sink.tokens_by_request().items():
-                    meta = np.stack([batch.token_ids.numpy(), batch.roles.numpy().astype(np.int32),
-                                     batch.positions.numpy()], axis=1).astype(np.int32)
-                    pending.append((key, batch.activations.numpy(), meta))
-                sink.batches.clear()
-                bar.update(int(mask.sum()))
-                if len(pending) >= flush_every:
-                    self._append(pending)
-                    pending = []
+        for results in tap_sequences(lm, self.layer, [r.input_ids for r in rendered],
+                                     roles=[r.roles for r in rendered], batch_size=batch_size, order=order):
+            for i, batch in results:
+                meta = np.stack([batch.token_ids.numpy(), batch.roles.numpy().astype(np.int32),
+                                 batch.positions.numpy()], axis=1).astype(np.int32)
+                pending.append((todo[i].key, batch.activations.numpy(), meta))
+                bar.update(batch.n_tokens)
+            if len(pending) >= flush_every:
+                self._append(pending)
+                pending = []
         self._append(pending)
         bar.close()
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from monitor.models import LoadedModel, truncated
+from monitor.models import LoadedModel
 from monitor.sae_data import Document
-from monitor.tap import ActivationTap
+from monitor.sequence_runner import tap_sequences
 from monitor.wire import ActivationBatch
 
 MANIFEST = "manifest.json"
@@ -114,59 +114,38 @@ def collect(lm: LoadedModel, docs: list[Document], out: Path, cfg: CollectConfig
     manifest["config"]["target_tokens"] = cfg.target_tokens
     writer = ShardWriter(out, lm.d_model, cfg.shard_tokens, manifest["shards"])
     special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.int64)
-    pad_id = lm.tokenizer.pad_token_id or 0
     docs_split = [(i, d) for i, d in enumerate(docs) if d.split == cfg.split]
     start = next((j for j, (i, _) in enumerate(docs_split) if i >= manifest["next_doc"]), len(docs_split))
-    pending: list[ActivationBatch] = []
     bar = tqdm(total=cfg.target_tokens, initial=writer.total, unit="tok", unit_scale=True, disable=not progress,
                desc=f"collect layer {cfg.layer}")
     t0, n0 = time.perf_counter(), writer.total
-    with truncated(lm.model, cfg.layer) as trunk, ActivationTap(lm.model, layer=cfg.layer, sink=pending.append,
-                                                                  model_id=lm.model_id, max_queue=4096) as tap:
-        for j in range(start, len(docs_split), cfg.batch_size):
-            if writer.total >= cfg.target_tokens:
-                break
-            chunk = docs_split[j : j + cfg.batch_size]
-            width = max(len(d.input_ids) for _, d in chunk)
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.int64)
-            mask = torch.zeros(len(chunk), width, dtype=torch.int64)
-            for r, (_, d) in enumerate(chunk):
-                ids[r, : len(d.input_ids)] = d.input_ids
-                mask[r, : len(d.input_ids)] = 1
-            with torch.inference_mode(), tap.track([str(i) for i, _ in chunk], attention_mask=mask):
-                trunk(input_ids=ids, attention_mask=mask, use_cache=False)
-            tap.flush()
-            if tap.stats.chunks_dropped:
-                raise RuntimeError("the tap dropped activations during collection; raise max_queue")
-            acts, meta = _select_rows(pending, special)
-            pending.clear()
-            writer.append(acts, meta)
-            writer.flush()
-            manifest["next_doc"] = chunk[-1][0] + 1
-            _write_manifest(out, manifest)
-            bar.update(len(acts))
-            rate = (writer.total - n0) / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(tok_s=f"{rate:,.0f}")
+    todo = docs_split[start:]
+    for results in tap_sequences(lm, cfg.layer, [d.input_ids for _, d in todo], batch_size=cfg.batch_size):
+        if writer.total >= cfg.target_tokens:
+            break
+        acts, meta = _select_rows([(todo[i][0], batch) for i, batch in results], special)
+        writer.append(acts, meta)
+        writer.flush()
+        manifest["next_doc"] = todo[results[-1][0]][0] + 1
+        _write_manifest(out, manifest)
+        bar.update(len(acts))
+        rate = (writer.total - n0) / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(tok_s=f"{rate:,.0f}")
     bar.close()
     manifest["complete"] = writer.total >= cfg.target_tokens
     _write_manifest(out, manifest)
     return manifest
 
 
-def _select_rows(batches: list[ActivationBatch], special: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _select_rows(docs: list[tuple[int, ActivationBatch]], special: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Rows to keep of each document's tokens: ``(acts [n, d] float16, meta [n, 3] int32)``."""
     acts, metas = [], []
-    for b in batches:
-        for rid, rows, _ in b.request_slices():
-            if rows.stop == rows.start:
-                continue
-            tok = b.token_ids[rows].to(torch.int64)
-            pos = b.positions[rows]
-            keep = (pos > 0) & ~torch.isin(tok, special)
-            acts.append(b.activations[rows][keep].numpy())
-            m = torch.stack([tok[keep], torch.full_like(tok[keep], int(rid)), pos[keep].to(torch.int64)], dim=1)
-            metas.append(m.to(torch.int32).numpy())
-    if not acts:
-        return np.zeros((0, 0), np.float16), np.zeros((0, 3), np.int32)
+    for doc_index, b in docs:
+        tok = b.token_ids.to(torch.int64)
+        keep = (b.positions > 0) & ~torch.isin(tok, special)
+        acts.append(b.activations[keep].numpy())
+        m = torch.stack([tok[keep], torch.full_like(tok[keep], doc_index), b.positions[keep].to(torch.int64)], dim=1)
+        metas.append(m.to(torch.int32).numpy())
     return np.concatenate(acts), np.concatenate(metas)
 
 

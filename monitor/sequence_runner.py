@@ -1,0 +1,49 @@
+"""Run many token sequences through the model to layer L with the real tap, in padded batches.
+
+Offline jobs (activation collection, detector activations, the feature index) all need the same
+thing: the layer-L activations of each of many sequences. This runs the trunk only up to layer L
+(``models.truncated``), attributes rows to sequences through ``ActivationTap.track`` and yields each
+sequence's tokens as a single-request ``ActivationBatch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from monitor.models import LoadedModel, truncated
+from monitor.tap import ActivationTap, CollectingSink
+from monitor.wire import ActivationBatch
+
+
+def tap_sequences(lm: LoadedModel, layer: int, sequences: Sequence[torch.Tensor], *,
+                  roles: Sequence[torch.Tensor] | None = None, batch_size: int = 16,
+                  order: Sequence[int] | None = None,
+                  dtype: torch.dtype = torch.float16) -> Iterator[list[tuple[int, ActivationBatch]]]:
+    """For each padded batch, ``[(sequence index, its tokens), ...]``. ``order``: the order in which
+    sequences are batched (e.g. sorted by length to reduce padding); default: as given."""
+    order = list(range(len(sequences))) if order is None else list(order)
+    pad = lm.tokenizer.pad_token_id or 0
+    sink = CollectingSink()
+    with truncated(lm.model, layer) as trunk, ActivationTap(lm.model, layer=layer, sink=sink, model_id=lm.model_id,
+                                                             dtype=dtype, max_queue=1 << 20) as tap:
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(sequences[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.int64)
+            mask = torch.zeros(len(idx), width, dtype=torch.int64)
+            role = torch.zeros(len(idx), width, dtype=torch.uint8)
+            for r, i in enumerate(idx):
+                n = len(sequences[i])
+                ids[r, :n], mask[r, :n] = sequences[i], 1
+                if roles is not None:
+                    role[r, :n] = roles[i]
+            with torch.inference_mode(), tap.track([str(i) for i in idx], attention_mask=mask, roles=role):
+                trunk(input_ids=ids, attention_mask=mask, use_cache=False)
+            tap.flush()
+            if tap.stats.chunks_dropped:
+                raise RuntimeError("the tap dropped activations; raise max_queue")
+            by_request = sink.tokens_by_request()
+            sink.batches.clear()
+            yield [(i, by_request[str(i)]) for i in idx]
