@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     from monitor.cli_detectors import register as register_detector_jobs
 
     register_detector_jobs(sub)
+    from monitor.cli_features import register as register_feature_toolkit
+
+    register_feature_toolkit(sub, sae)
     return p
 
 
