@@ -226,6 +226,26 @@ def cmd_model_server(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.demo import run_demo, summary, write_summary
+
+    out = Path(args.out)
+    print("safety-monitor demo: SmolLM2-135M-Instruct generates each reply live; the activation tap feeds the "
+          "sidecar's scoring pipeline in-process; alerts go to a local outbox.\n", file=sys.stderr)
+    results, specs = run_demo(out, max_new_tokens=args.max_new_tokens,
+                              progress=(lambda s: None) if args.json else print)
+    data = summary(results, specs)
+    write_summary(out / "summary.json", data)
+    if args.json:
+        print(json.dumps(data, default=str))
+    else:
+        n_alerts = sum(len(r["alerts"]) for r in data["conversations"])
+        print(f"\n{n_alerts} alerts; outbox: {out / 'outbox.sqlite3'}, JSONL: {out / 'alerts.jsonl'}, "
+              f"summary: {out / 'summary.json'}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from monitor.collect import CollectConfig
@@ -244,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--chat", action="store_true", help="wrap the text as a user turn of the chat template")
     enc.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     enc.set_defaults(func=cmd_encode)
+
+    demo = sub.add_parser("demo", help="generate built-in conversations live and show the detectors firing")
+    demo.add_argument("--out", default=".safety-monitor-demo", help="folder for the outbox, JSONL and summary")
+    demo.add_argument("--max-new-tokens", type=int, default=40)
+    demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    demo.set_defaults(func=cmd_demo)
 
     sae = sub.add_parser("sae", help="dictionary learning: collect activations, train, evaluate, hash").add_subparsers(
         dest="sae_command", required=True)
@@ -316,10 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from monitor.models import ModelLoadError
     from monitor.sae import SAELoadError
+    from monitor.settings import SettingsError
 
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ModelLoadError, SAELoadError) as exc:
+    except (UsageError, ModelLoadError, SAELoadError, SettingsError) as exc:
         print(f"safety-monitor: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
