@@ -2,7 +2,10 @@
 
 On every forward step a hook on layer L adds ``(target - current) * W_dec[latent]`` to the residual
 stream at every position (except the attention sink), where ``current`` is the latent's value on that
-token: the latent reads ``target`` afterwards, everything else the SAE does not explain is left alone.
+token. That is the residual the SAE would reconstruct with the latent set to ``target`` (the
+research's clamping), plus the reconstruction error, which is left as it was. Re-encoding the
+steered residual moves the latent toward ``target``; it need not land on it exactly, because encoder
+and decoder directions are not exact inverses.
 This is how a detector's latents are shown to be causal, not merely correlated.
 """
 
