@@ -175,15 +175,17 @@ class FrozenSAE:
         mag = torch.relu(proj * torch.exp(w["r_mag"][cols]) + w["b_mag"][cols])
         return (pre > 0) * mag
 
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [n, d_in]`` (any float dtype) -> latents ``[n, d_sae]`` in the compute dtype."""
-        x, _ = self._prepare(x)
+    def _encode_prepared(self, x: torch.Tensor) -> torch.Tensor:
         z = self._activate(x @ self.weights["W_enc"] - self._b_dec_proj, slice(None))
         if self.cfg.architecture == "topk":
             vals, idx = z.topk(self.cfg.k, dim=-1)
             z = torch.zeros_like(z).scatter_(-1, idx, vals)
         return z
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [n, d_in]`` (any float dtype) -> latents ``[n, d_sae]`` in the compute dtype."""
+        return self._encode_prepared(self._prepare(x)[0])
 
     def _build_slice(self, latents: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = torch.tensor(latents, dtype=torch.long, device=self.device)
@@ -212,11 +214,7 @@ class FrozenSAE:
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """``decode(encode(x))`` mapped back to the scale of ``x``: ``[n, d_in]``."""
         xs, scale = self._prepare(x)
-        z = self._activate(xs @ self.weights["W_enc"] - self._b_dec_proj, slice(None))
-        if self.cfg.architecture == "topk":
-            vals, idx = z.topk(self.cfg.k, dim=-1)
-            z = torch.zeros_like(z).scatter_(-1, idx, vals)
-        out = self.decode(z)
+        out = self.decode(self._encode_prepared(xs))
         return out / scale if scale is not None else out
 
     def describe(self) -> dict:
