@@ -20,13 +20,14 @@ holds across reloads. At most two old generations are kept; older ones are final
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import torch
 
@@ -132,10 +133,7 @@ class PipelineStats:
 class _Request:
     gen: DetectorGeneration
     slot: int
-    last_seen: float
-    """``time.monotonic()`` of its latest chunk."""
-    received_at: float
-    """``time.perf_counter()`` when its latest chunk was received."""
+    """Its row in ``gen.table`` (which also keeps when it was last seen)."""
 
 
 @dataclass
@@ -159,8 +157,8 @@ class ScoringPipeline:
         emitter: AlertEmitter,
         metrics: SidecarMetrics,
         max_queue_batches: int = 1024,
-        max_queue_tokens: int = 262_144,
-        coalesce_tokens: int = 8192,
+        max_queue_tokens: int = 32_768,
+        coalesce_tokens: int = 4096,
         max_active_requests: int = 4096,
         remember_request_ids: int = 65_536,
         idle_timeout_s: float = 60.0,
@@ -181,8 +179,9 @@ class ScoringPipeline:
         self.instance = instance
         self._queue: TokenQueue[_Item] = TokenQueue(max_queue_batches, max_queue_tokens)
         self._lock = threading.Lock()
-        self._seen: dict[str, None] = {}  # recently seen request ids, least recent first (ingest side)
-        self._requests: OrderedDict[str, _Request] = OrderedDict()  # worker side, least recent first
+        self._seen: dict[str, int] = {}  # ingest side: request id -> number of the batch it was last seen in
+        self._batches_seen = 0
+        self._requests: dict[str, _Request] = {}  # worker side
         self._owners: dict[tuple[int, int], str] = {}  # (generation number, slot) -> request id
         self._generation_counter = 0
         self._current = self._make_generation(specs, source)
@@ -260,12 +259,12 @@ class ScoringPipeline:
                     f"the scoring queue is full ({len(self._queue)} batches, {self._queue.tokens} tokens); "
                     "retry after the Retry-After delay"
                 ) from None
+            self._batches_seen += 1
             seen = self._seen
-            for rid in batch.request_ids:
-                seen.pop(rid, None)
-                seen[rid] = None
-            while len(seen) > self.remember_request_ids:
-                del seen[next(iter(seen))]
+            seen.update(zip(batch.request_ids, repeat(self._batches_seen)))
+            if len(seen) > 2 * self.remember_request_ids:  # amortised trim to the most recently seen
+                keep = heapq.nlargest(self.remember_request_ids, seen.items(), key=lambda kv: kv[1])
+                self._seen = dict(keep)
         return batch.n_tokens
 
     # ------------------------------------------------------------------ lifecycle
@@ -286,6 +285,11 @@ class ScoringPipeline:
         if self._thread.is_alive():
             self._abort.set()
             self._thread.join(5.0)
+
+    @property
+    def queue_tokens(self) -> int:
+        """Tokens waiting to be scored."""
+        return self._queue.tokens
 
     def stats(self) -> PipelineStats:
         return PipelineStats(
@@ -323,51 +327,45 @@ class ScoringPipeline:
         gen_now = self._current
         if gen_now is not self._live[-1]:
             self._live.append(gen_now)
-        seg_slots: list[int] = []
-        seg_lens: list[int] = []
-        seg_gens: list[DetectorGeneration] = []
-        finals: list[tuple[str, _Request]] = []
-        requests = self._requests
+        # One entry per (batch, request) chunk, in row order; a step never holds a request twice.
+        ids: list[str] = []
+        counts: list[int] = []
+        finals: list[bool] = []
         for item in items:
             b = item.batch
-            counts = (b.offsets[1:] - b.offsets[:-1]).tolist()
-            for rid, n, fin in zip(b.request_ids, counts, b.final):
-                st = requests.get(rid)
-                if st is None:
-                    if n == 0:
-                        if fin:
-                            self.metrics.unknown_finals.inc()  # finalised already (idle, evicted, repeat)
-                        continue
-                    st = self._open(rid, gen_now, now)
-                else:
-                    requests.move_to_end(rid)
-                st.last_seen = now
-                st.received_at = item.received_at
-                if n:
-                    seg_slots.append(st.slot)
-                    seg_lens.append(n)
-                    seg_gens.append(st.gen)
-                if fin:
-                    finals.append((rid, st))
-        alerts: list[PendingAlert] = []
-        if seg_lens:
-            alerts = self._score(items, seg_slots, seg_lens, seg_gens)
-        final_scores = self._finish(finals, "final") if finals else {}
+            ids += b.request_ids
+            counts += (b.offsets[1:] - b.offsets[:-1]).tolist()
+            finals += b.final
+        requests = self._requests
+        states = [requests.get(rid) for rid in ids]
+        new = [i for i, (st, n) in enumerate(zip(states, counts)) if st is None and n]
+        if new:
+            self._make_room(len(new), now)
+            for i in new:
+                states[i] = self._open(ids[i], gen_now, now)
+        seg = [(st, n) for st, n in zip(states, counts) if n]
+        alerts = self._score(items, seg, now) if seg else []
+        closing = [(rid, st) for rid, st, fin in zip(ids, states, finals) if fin and st is not None]
+        unknown = sum(1 for st, fin in zip(states, finals) if fin and st is None)
+        if unknown:
+            self.metrics.unknown_finals.inc(unknown)  # finalised already (idle, evicted, repeated final)
+        final_scores = self._finish(closing, "final") if closing else {}
         if alerts:
             self.emitter.submit(alerts, stop=self._abort)
         done = time.perf_counter()
         for item in items:
             self.metrics.ingest_to_scored.observe(done - item.received_at)
             if item.on_done is not None:
-                ids = set(item.batch.request_ids)
+                mine = set(item.batch.request_ids)
                 item.on_done(ScoreResult(
-                    scores={r: s for r, s in final_scores.items() if r in ids},
-                    alerts=[p.alert for p in alerts if p.alert.request_id in ids],
+                    scores={r: v for r, v in final_scores.items() if r in mine},
+                    alerts=[p.alert for p in alerts if p.alert.request_id in mine],
                 ))
         self.metrics.step_seconds.observe(done - t_start)
 
-    def _score(self, items: list[_Item], seg_slots: list[int], seg_lens: list[int],
-               seg_gens: list[DetectorGeneration]) -> list[PendingAlert]:
+    def _score(self, items: list[_Item], seg: list[tuple[_Request, int]], now: float) -> list[PendingAlert]:
+        """Encode and aggregate the rows of ``items``; ``seg``: ``(request, rows)`` per chunk with rows, in row
+        order. Returns the alerts of thresholds crossed in this step."""
         if len(items) == 1:
             b = items[0].batch
             x, positions, roles = b.activations, b.positions, b.roles
@@ -375,17 +373,18 @@ class ScoringPipeline:
             x = torch.cat([it.batch.activations for it in items if it.batch.n_tokens])
             positions = torch.cat([it.batch.positions for it in items])
             roles = torch.cat([it.batch.roles for it in items])
-        lens = torch.tensor(seg_lens)
-        row_slots = torch.repeat_interleave(torch.tensor(seg_slots), lens)
+        lens = torch.tensor([n for _, n in seg])
+        row_slots = torch.repeat_interleave(torch.tensor([st.slot for st, _ in seg]), lens)
         keep = positions != 0  # the attention sink: a huge-norm row that means nothing
-        gens = {id(g): g for g in seg_gens}
+        gens = {id(st.gen): st.gen for st, _ in seg}
         alerts: list[PendingAlert] = []
         for g in gens.values():
             if len(gens) == 1:
                 sel = keep
             else:
-                row_gen = torch.repeat_interleave(torch.tensor([s.number for s in seg_gens]), lens)
+                row_gen = torch.repeat_interleave(torch.tensor([st.gen.number for st, _ in seg]), lens)
                 sel = keep & (row_gen == g.number)
+            g.table.touch(torch.tensor([st.slot for st, _ in seg if st.gen is g]), now)
             if bool(sel.all()):
                 gx, gslots, groles, gpos = x, row_slots, roles, positions
             else:
@@ -404,17 +403,17 @@ class ScoringPipeline:
             scores = g.table.scores(touched)
             crossed = (scores >= g.table.thresholds) & ~g.table.alerted.index_select(0, touched)
             if bool(crossed.any()):
-                alerts.extend(self._alerts(g, touched, scores, crossed, gslots, z, groles, gpos))
+                alerts.extend(self._alerts(g, touched, scores, crossed, gslots, z, groles, gpos, items))
         return alerts
 
     def _alerts(self, g: DetectorGeneration, touched: torch.Tensor, scores: torch.Tensor, crossed: torch.Tensor,
-                gslots: torch.Tensor, z: torch.Tensor, roles: torch.Tensor, positions: torch.Tensor
-                ) -> list[PendingAlert]:
+                gslots: torch.Tensor, z: torch.Tensor, roles: torch.Tensor, positions: torch.Tensor,
+                items: list[_Item]) -> list[PendingAlert]:
         out = []
         for i, d in crossed.nonzero().tolist():
             slot = int(touched[i])
             rid = self._owners[(g.number, slot)]
-            st = self._requests[rid]
+            received_at = next(it.received_at for it in items if rid in it.batch.request_ids)
             g.table.alerted[slot, d] = True
             rows = (gslots == slot).nonzero().squeeze(1)
             try:
@@ -422,7 +421,7 @@ class ScoringPipeline:
             except Exception:
                 log.exception("could not build the alert of detector %s on request %s", g.specs[d].name, rid)
                 continue
-            out.append(PendingAlert(alert, st.received_at))
+            out.append(PendingAlert(alert, received_at))
         return out
 
     def _build_alert(self, g: DetectorGeneration, slot: int, d: int, score: float, rid: str,
@@ -454,11 +453,22 @@ class ScoringPipeline:
             instance=self.instance,
         )
 
+    def _make_room(self, needed: int, now: float) -> None:
+        """Finalise the least recently seen requests ("evicted") so ``needed`` new ones fit. Requests of the
+        current step were touched at ``now`` or are new, so they are never chosen."""
+        excess = len(self._requests) + needed - self.max_active_requests
+        if excess <= 0:
+            return
+        candidates = [(seen, slot, g) for g in self._live for seen, slot in g.table.least_recent(excess, now)]
+        candidates.sort(key=lambda c: c[0])
+        victims = []
+        for _, slot, g in candidates[:excess]:
+            rid = self._owners[(g.number, slot)]
+            victims.append((rid, self._requests[rid]))
+        self._finish(victims, "evicted")
+
     def _open(self, rid: str, gen: DetectorGeneration, now: float) -> _Request:
-        while len(self._requests) >= self.max_active_requests:
-            oldest = next(iter(self._requests.items()))
-            self._finish([oldest], "evicted")
-        st = _Request(gen, gen.table.allocate(), now, 0.0)
+        st = _Request(gen, gen.table.allocate(now))
         self._requests[rid] = st
         self._owners[(gen.number, st.slot)] = rid
         self.metrics.requests_started.inc()
@@ -474,15 +484,17 @@ class ScoringPipeline:
                 by_gen.setdefault(id(st.gen), []).append((rid, st))
         for group in by_gen.values():
             g = group[0][1].gen
-            scores = g.table.scores(torch.tensor([st.slot for _, st in group], dtype=torch.long))
+            slots = [st.slot for _, st in group]
+            scores = g.table.scores(torch.tensor(slots, dtype=torch.long))
             for d, spec in enumerate(g.specs):
                 col = scores[:, d]
                 self.emitter.observe_scores(spec.name, col[~col.isnan()].tolist(), spec.threshold)
             names = [s.name for s in g.specs]
-            for i, (rid, st) in enumerate(group):
-                out[rid] = {n: (None if math.isnan(v) else v) for n, v in zip(names, scores[i].tolist())}
-                g.table.release(st.slot)
-                del self._owners[(g.number, st.slot)]
+            for (rid, _), row in zip(group, scores.tolist()):
+                out[rid] = {n: (None if math.isnan(v) else v) for n, v in zip(names, row)}
+            g.table.release_many(slots)
+            for slot in slots:
+                del self._owners[(g.number, slot)]
         if out:
             self.metrics.requests_finished.labels(reason).inc(len(out))
         return out
@@ -490,10 +502,10 @@ class ScoringPipeline:
     def _sweep(self, now: float) -> None:
         cutoff = now - self.idle_timeout_s
         idle = []
-        for rid, st in self._requests.items():
-            if st.last_seen > cutoff:
-                break  # least recently seen first: the rest are newer
-            idle.append((rid, st))
+        for g in self._live:
+            for slot in g.table.idle_slots(cutoff):
+                rid = self._owners[(g.number, slot)]
+                idle.append((rid, self._requests[rid]))
         if idle:
             self._finish(idle, "idle")
         self._retire_generations()

@@ -45,6 +45,10 @@ class RequestTable:
         self._last = torch.full((2 * capacity,), -1, dtype=torch.int64)
         self.alerted = torch.zeros(capacity, d, dtype=torch.bool)
         """``[capacity, n_detectors]``: this detector already alerted on the request in this slot."""
+        self.last_seen = torch.zeros(capacity, dtype=torch.float64)
+        """``[capacity]`` monotonic seconds of each request's latest chunk (kept by the caller via ``touch``)."""
+        self.in_use = torch.zeros(capacity, dtype=torch.bool)
+        """``[capacity]`` slot holds a request."""
         self.thresholds = torch.tensor([s.threshold for s in bank.specs], dtype=torch.float32)
         """``[n_detectors]``."""
         self._free = list(range(capacity - 1, -1, -1))
@@ -69,22 +73,51 @@ class RequestTable:
         """Slots in use."""
         return self.capacity - len(self._free)
 
-    def allocate(self) -> int:
-        """A zeroed slot for a new request. Raises ``TableFull``."""
+    def allocate(self, now: float = 0.0) -> int:
+        """A zeroed slot for a new request, seen at ``now``. Raises ``TableFull``."""
         if not self._free:
             raise TableFull(f"all {self.capacity} request slots are in use")
-        return self._free.pop()
+        slot = self._free.pop()
+        self.in_use[slot] = True
+        self.last_seen[slot] = now
+        return slot
 
     def release(self, slot: int) -> None:
         """Forget the request in ``slot`` and make the slot reusable."""
-        rows = slice(2 * slot, 2 * slot + 2)
-        self._max[rows] = 0
-        self._sum[rows] = 0
-        self._count[rows] = 0
-        self._first[rows] = _NO_POSITION
-        self._last[rows] = -1
-        self.alerted[slot] = False
-        self._free.append(slot)
+        self.release_many([slot])
+
+    def release_many(self, slots: list[int]) -> None:
+        """Forget the requests in ``slots`` (distinct) and make the slots reusable."""
+        if not slots:
+            return
+        idx = torch.tensor(slots, dtype=torch.long)
+        rows = torch.cat([idx * 2, idx * 2 + 1])
+        self._max.index_fill_(0, rows, 0)
+        self._sum.index_fill_(0, rows, 0)
+        self._count.index_fill_(0, rows, 0)
+        self._first.index_fill_(0, rows, _NO_POSITION)
+        self._last.index_fill_(0, rows, -1)
+        self.alerted.index_fill_(0, idx, False)
+        self.in_use.index_fill_(0, idx, False)
+        self._free.extend(slots)
+
+    def touch(self, slots: torch.Tensor, now: float) -> None:
+        """Record that the requests in ``slots`` received a chunk at ``now``."""
+        self.last_seen.index_fill_(0, slots, now)
+
+    def idle_slots(self, cutoff: float) -> list[int]:
+        """Slots in use whose latest chunk is older than ``cutoff``."""
+        return (self.in_use & (self.last_seen < cutoff)).nonzero().squeeze(1).tolist()
+
+    def least_recent(self, k: int, before: float) -> list[tuple[float, int]]:
+        """Up to ``k`` ``(last_seen, slot)`` of the least recently seen slots in use, seen before ``before``."""
+        ok = self.in_use & (self.last_seen < before)
+        n = int(ok.sum())
+        if n == 0 or k <= 0:
+            return []
+        seen = torch.where(ok, self.last_seen, torch.inf)
+        vals, idx = torch.topk(seen, min(k, n), largest=False)
+        return list(zip(vals.tolist(), idx.tolist()))
 
     # ------------------------------------------------------------------ updating and scoring
     def update(self, slots: torch.Tensor, z: torch.Tensor, roles: torch.Tensor, positions: torch.Tensor) -> None:

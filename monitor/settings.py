@@ -110,11 +110,11 @@ class QueueSettings(_Section):
 
     max_batches: int = Field(1024, ge=1, le=1_000_000)
     """Batches waiting to be scored; beyond this (or ``max_tokens``) ingest answers 429."""
-    max_tokens: int = Field(262_144, ge=1, le=100_000_000)
+    max_tokens: int = Field(32_768, ge=1, le=100_000_000)
     """Tokens waiting to be scored (bounds queue memory: tokens x d_in x 2 bytes for float16)."""
     high_water: float = Field(0.8, gt=0, le=1)
     """``/readyz`` reports not ready while the queue holds more than this fraction of ``max_tokens``."""
-    coalesce_tokens: int = Field(8192, ge=1, le=1_000_000)
+    coalesce_tokens: int = Field(4096, ge=1, le=1_000_000)
     """The worker encodes up to this many queued tokens in one matrix product."""
     retry_after_s: int = Field(1, ge=1, le=3600)
     """``Retry-After`` of a 429 answer, in seconds."""

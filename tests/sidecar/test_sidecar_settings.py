@@ -56,7 +56,7 @@ def test_environment_alone(monkeypatch):
     ("kafka:\n  bootstrap_servers: [1, 2]\n", {}, "kafka.bootstrap_servers: Input should be a valid string"),
     ("alerts:\n  outbox:\n    max_rows: many\n", {}, "alerts.outbox.max_rows: Input should be a valid integer"),
     ("", {"SAFETY_MONITOR_LIMITS__IDLE_TIMEOUT_S": "soon"}, "limits.idle_timeout_s: Input should be a valid number"),
-    ("limits:\n  max_tokens_per_batch: 1000000\n", {}, "queue.max_tokens: 262144 is smaller"),
+    ("limits:\n  max_tokens_per_batch: 1000000\n", {}, "queue.max_tokens: 32768 is smaller"),
     ("auth:\n  admin_token: short\n", {}, "auth.admin_token: must be at least 16"),
     ("auth:\n  admin_token: null\n", {}, "auth.admin_token: is required"),
     (f"auth:\n  admin_token: {INGEST}\n", {}, "auth.admin_token: must differ"),
