@@ -8,6 +8,7 @@ The FastAPI app (``monitor.app``) holds one ``Sidecar`` in ``app.state``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -124,7 +125,11 @@ def _dashboard_threshold(spec: DetectorSpec, status: str = "ok") -> DetectorThre
 def build_alert_pipeline(settings: Settings) -> AlertPipeline:
     """The ``alerts`` pipeline the settings describe (outbox kept without Kafka when ``alerts.local_outbox``)."""
     a = settings.alerts
-    config = AlertsConfig(model=settings.model.id, instance=a.instance, kafka=settings.kafka, publisher=a.publisher,
+    kafka = settings.kafka
+    if kafka is not None and kafka.sasl_plain_password is None and os.environ.get("SAFETY_MONITOR_KAFKA_SASL_PASSWORD"):
+        # The variable the alerts CLI reads; honoured here too so one Secret serves both.
+        kafka = dataclasses.replace(kafka, sasl_plain_password=os.environ["SAFETY_MONITOR_KAFKA_SASL_PASSWORD"])
+    config = AlertsConfig(model=settings.model.id, instance=a.instance, kafka=kafka, publisher=a.publisher,
                           outbox=a.outbox, redis=settings.redis, console=a.console, console_json=a.console_json,
                           jsonl_path=str(a.jsonl_path) if a.jsonl_path else None)
     try:

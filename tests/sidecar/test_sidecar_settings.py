@@ -112,3 +112,11 @@ def test_serve_refuses_an_sae_with_the_wrong_pin(tmp_path, sae_dir):
                        env=subprocess_env(), timeout=120, check=False)
     assert r.returncode == 2
     assert "sae.sha256:" in r.stderr and "was expected" in r.stderr
+
+
+def test_the_settings_reference_in_the_docs_is_current():
+    from monitor.settings_doc import END, START, settings_reference
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "sidecar.md").read_text()
+    block = text[text.index(START) : text.index(END) + len(END)]
+    assert block == settings_reference(), "regenerate it: python -m monitor.settings_doc docs/sidecar.md"
