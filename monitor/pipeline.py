@@ -343,8 +343,8 @@ class ScoringPipeline:
             self._make_room(len(new), now)
             for i in new:
                 states[i] = self._open(ids[i], gen_now, now)
-        seg = [(st, n) for st, n in zip(states, counts) if n]
-        alerts = self._score(items, seg, now) if seg else []
+        lens = torch.cat([it.batch.offsets.diff() for it in items]) if len(items) > 1 else items[0].batch.offsets.diff()
+        alerts = self._score(items, states, lens, now) if any(counts) else []
         closing = [(rid, st) for rid, st, fin in zip(ids, states, finals) if fin and st is not None]
         unknown = sum(1 for st, fin in zip(states, finals) if fin and st is None)
         if unknown:
@@ -363,9 +363,11 @@ class ScoringPipeline:
                 ))
         self.metrics.step_seconds.observe(done - t_start)
 
-    def _score(self, items: list[_Item], seg: list[tuple[_Request, int]], now: float) -> list[PendingAlert]:
-        """Encode and aggregate the rows of ``items``; ``seg``: ``(request, rows)`` per chunk with rows, in row
-        order. Returns the alerts of thresholds crossed in this step."""
+    def _score(self, items: list[_Item], states: list[_Request | None], lens: torch.Tensor, now: float
+               ) -> list[PendingAlert]:
+        """Encode and aggregate the rows of ``items``. ``states``: the request of each chunk, in row order
+        (None only for chunks without rows); ``lens [n_chunks]``: rows per chunk. Returns the alerts of
+        thresholds crossed in this step."""
         if len(items) == 1:
             b = items[0].batch
             x, positions, roles = b.activations, b.positions, b.roles
@@ -373,18 +375,20 @@ class ScoringPipeline:
             x = torch.cat([it.batch.activations for it in items if it.batch.n_tokens])
             positions = torch.cat([it.batch.positions for it in items])
             roles = torch.cat([it.batch.roles for it in items])
-        lens = torch.tensor([n for _, n in seg])
-        row_slots = torch.repeat_interleave(torch.tensor([st.slot for st, _ in seg]), lens)
+        slots = torch.tensor([st.slot if st is not None else 0 for st in states])
+        row_slots = torch.repeat_interleave(slots, lens)
         keep = positions != 0  # the attention sink: a huge-norm row that means nothing
-        gens = {id(st.gen): st.gen for st, _ in seg}
+        gens = {id(st.gen): st.gen for st in states if st is not None}
+        has_rows = lens > 0
         alerts: list[PendingAlert] = []
         for g in gens.values():
             if len(gens) == 1:
                 sel = keep
+                g.table.touch(slots[has_rows], now)
             else:
-                row_gen = torch.repeat_interleave(torch.tensor([st.gen.number for st, _ in seg]), lens)
-                sel = keep & (row_gen == g.number)
-            g.table.touch(torch.tensor([st.slot for st, _ in seg if st.gen is g]), now)
+                chunk_gen = torch.tensor([st.gen.number if st is not None else -1 for st in states])
+                sel = keep & (torch.repeat_interleave(chunk_gen, lens) == g.number)
+                g.table.touch(slots[has_rows & (chunk_gen == g.number)], now)
             if bool(sel.all()):
                 gx, gslots, groles, gpos = x, row_slots, roles, positions
             else:
