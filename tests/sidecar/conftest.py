@@ -69,3 +69,8 @@ def live_url(sidecar: Sidecar) -> Iterator[str]:
     yield url
     server.should_exit = True
     thread.join(15)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kafka: starts the Tansu Kafka broker")
+    config.addinivalue_line("markers", "redis: starts redis-server")

