@@ -183,3 +183,33 @@ def test_model_server_propagates_and_checks_request_ids(default_model, tmp_path)
         server.tap.flush(10)
     ids = {rid for b in sink.batches for rid in b.request_ids}
     assert {"abc-123", "from-body"} <= ids
+
+
+def test_score_runs_a_text_in_process_and_alerts_like_live_traffic(default_model, tmp_path):
+    from fastapi.testclient import TestClient
+    from sidecar_testkit import INGEST_AUTH, make_settings
+
+    from monitor.app import create_app
+    from monitor.metrics import SidecarMetrics
+    from monitor.sidecar import Sidecar, build_alert_pipeline, read_detectors
+
+    sae = random_sae(tmp_path / "sae")
+    settings = make_settings(tmp_path, tmp_path / "sae", tmp_path / "detectors",
+                             model={"id": "smollm2-135m-instruct", "layer": 15, "load": True})
+    spec = observed_detector(default_model, sae, settings)
+    spec.save(tmp_path / "detectors" / "e2e_probe.json")
+    # Sidecar.load would load the model a second time; reuse the session's copy.
+    sidecar = Sidecar(settings, sae, read_detectors(tmp_path / "detectors", sae), build_alert_pipeline(settings),
+                      SidecarMetrics(), lm=default_model)
+    with TestClient(create_app(sidecar)) as client:
+        text = CONVERSATION[0]["content"]
+        r = client.post("/v1/score", json={"text": text, "request_id": "score-1"}, headers=INGEST_AUTH)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["request_id"] == "score-1" and body["n_tokens"] > 10
+        assert body["scores"]["e2e_probe"] >= spec.threshold
+        assert [a["request_id"] for a in body["alerts"]] == ["score-1"]
+        r = client.post("/v1/score", json={"text": "hi", "chat": False, "response": "x"}, headers=INGEST_AUTH)
+        assert r.status_code == 400 and r.json()["error"] == "malformed_request"
+    lines = (tmp_path / "alerts.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["request_id"] == "score-1"
