@@ -22,7 +22,8 @@ from detectors.scoring import DetectorBank
 from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE
 
 _SPAN_ROLES = {"prompt": (ROLE_PROMPT,), "response": (ROLE_RESPONSE,), "all": (ROLE_PROMPT, ROLE_RESPONSE)}
-_SPANS = ("prompt", "response", "all")
+_SPANS = ("prompt", "response", "all", "final_turn")
+"""Column order of the span features; ``final_turn`` is the response once it has tokens, else the prompt."""
 _NO_POSITION = 2**62
 
 
@@ -145,23 +146,32 @@ class RequestTable:
         mx = self._max.view(-1, 2, u).index_select(0, slots)  # [m, 2, u]
         sm = self._sum.view(-1, 2, u).index_select(0, slots)
         cnt = self._count.view(-1, 2).index_select(0, slots).to(torch.float32)  # [m, 2]
-        cnt3 = torch.cat([cnt, cnt.sum(1, keepdim=True)], 1)  # prompt, response, all
+        has_response = cnt[:, 1:2] > 0
+        # prompt, response, all, final_turn
+        cnt4 = torch.cat([cnt, cnt.sum(1, keepdim=True), torch.where(has_response, cnt[:, 1:2], cnt[:, 0:1])], 1)
         out = self._bias.expand(d, m).clone()  # [d, m]: transposed, see __init__
         for v, (agg, span) in enumerate(self._variants):
             k = _SPANS.index(span)
             if agg == "max":
-                feats = mx[:, k] if k < 2 else torch.maximum(mx[:, 0], mx[:, 1])
+                feats = (mx[:, k] if k < 2 else torch.maximum(mx[:, 0], mx[:, 1]) if k == 2
+                         else torch.where(has_response, mx[:, 1], mx[:, 0]))
             else:
-                total = sm[:, k] if k < 2 else sm[:, 0] + sm[:, 1]
-                feats = total / cnt3[:, k : k + 1].clamp_min(1)
+                total = (sm[:, k] if k < 2 else sm[:, 0] + sm[:, 1] if k == 2
+                         else torch.where(has_response, sm[:, 1], sm[:, 0]))
+                feats = total / cnt4[:, k : k + 1].clamp_min(1)
             out.addmm_(self._block_t[v], feats.T)
         out = out.T
-        return torch.where(cnt3.index_select(1, self._span_index) > 0, out, float("nan"))
+        return torch.where(cnt4.index_select(1, self._span_index) > 0, out, float("nan"))
+
+    def _roles(self, slot: int, span: str) -> tuple[int, ...]:
+        if span == "final_turn":
+            return (ROLE_RESPONSE,) if float(self._count[2 * slot + ROLE_RESPONSE]) > 0 else (ROLE_PROMPT,)
+        return _SPAN_ROLES[span]
 
     def features(self, slot: int, detector: int) -> torch.Tensor:
         """Aggregated values ``[k]`` of one detector's latents (in spec order) for one request."""
         spec = self.bank.specs[detector]
-        roles = _SPAN_ROLES[spec.span]
+        roles = self._roles(slot, spec.span)
         cols = self._cols[detector]
         if spec.aggregation == "max":
             return torch.stack([self._max[2 * slot + r, cols] for r in roles]).max(dim=0).values
@@ -175,7 +185,7 @@ class RequestTable:
 
     def span(self, slot: int, detector: int) -> tuple[int, int] | None:
         """``(first, last + 1)`` token positions of the request inside the detector's role span."""
-        roles = _SPAN_ROLES[self.bank.specs[detector].span]
+        roles = self._roles(slot, self.bank.specs[detector].span)
         first = min(int(self._first[2 * slot + r]) for r in roles)
         last = max(int(self._last[2 * slot + r]) for r in roles)
         return None if last < 0 else (first, last + 1)

@@ -85,7 +85,8 @@ class DetectorSettings(_Section):
     """Where the detector specs come from."""
 
     dir: Path | None = None
-    """Directory of detector spec ``*.json`` files; default ``artifacts/detectors`` when it exists."""
+    """Directory of detector spec ``*.json`` files; default: the ``detectors/`` folder beside the SAE,
+    when it exists."""
     force_no_signal: bool = False
     """Also load specs marked ``no_signal`` (they alert at chance level; for experiments only)."""
 

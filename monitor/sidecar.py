@@ -72,14 +72,15 @@ def resolve_sae(settings: Settings) -> tuple[Path, str | None]:
 
 
 def resolve_detector_dir(settings: Settings) -> Path | None:
-    from monitor.artifacts import ARTIFACTS_DIR
-
+    """``detectors.dir``, else the ``detectors/`` folder beside the SAE (where ``calibrate`` writes the
+    specs calibrated for it), else None."""
     if settings.detectors.dir is not None:
         if not settings.detectors.dir.is_dir():
             raise SidecarStartError(f"detectors.dir: {settings.detectors.dir} is not a directory")
         return settings.detectors.dir
-    shipped = ARTIFACTS_DIR / "detectors"
-    return shipped if shipped.is_dir() else None
+    sae_path, _ = resolve_sae(settings)
+    beside = (sae_path if sae_path.is_dir() else sae_path.parent) / "detectors"
+    return beside if beside.is_dir() else None
 
 
 def read_detectors(directory: Path | None, sae: FrozenSAE, *, force_no_signal: bool = False) -> DetectorLoad:

@@ -27,6 +27,8 @@ BANK = DetectorBank([
     spec("max_prompt", (1,), (3.0,), span="prompt"),
     spec("mean_all", (4, 3, 7), (0.2, 0.3, -1.0), aggregation="mean"),
     spec("max_resp", (7, 3), (1.0, 1.0), span="response"),
+    spec("max_final", (3, 4), (1.0, -2.0), span="final_turn"),
+    spec("mean_final", (9, 1), (0.7, 0.4), aggregation="mean", span="final_turn"),
 ])
 
 
