@@ -2,8 +2,9 @@
 
 Per concept, on the pair-aware splits of ``detectors.data``:
 
-* train split: choose span and aggregation, select latents, fit the linear detector (``discover``), and
-  fit the dense probe baseline on the same examples and span (``probe``);
+* train split (the concept's examples plus benign traffic as extra negatives): choose span and
+  aggregation, select latents, fit the linear detector (``discover``), and fit the dense probe
+  baseline on the same examples and span (``probe``);
 * calibration split: the threshold, from benign traffic (the ``benign/`` files and the concept's own
   negatives) at the target FPR with a one-sided guarantee (``thresholds``); severity cut-offs at
   a third, a tenth and a thirtieth of that FPR where enough benign samples exist;
@@ -11,8 +12,11 @@ Per concept, on the pair-aware splits of ``detectors.data``:
   per source too; FPR on benign test rows the calibration never saw;
 * leave-one-source-out: for concepts with several sources, a detector fit without a source is scored
   on that source — how well it generalises to text it has never seen;
-* a detector whose test AUROC interval reaches 0.5, or whose recall interval overlaps its FPR
-  interval, is marked ``no_signal``: shipped for the record, never enabled by default.
+* check sets (``data.CHECK_FILES``) are only scored, never fitted on, e.g. TruthfulQA for deception;
+* a detector is marked ``no_signal`` (shipped for the record, never enabled by default) when its test
+  AUROC interval reaches 0.5, when its recall interval overlaps its FPR interval, or when it does not
+  generalise: for most held-out sources, the AUROC interval of the leave-one-source-out fit reaches
+  0.5 (a detector that only works on the sources it was fit on has learned the sources, not the concept).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from detectors.activations import ActivationCache
 from detectors.data import Example, by_split
 from detectors.discover import DiscoveryConfig, LinearDetector, fit_detector, rank_latents
 from detectors.features import AGGREGATIONS, SPANS, dense_features, latent_features
-from detectors.metrics import auroc, threshold_metrics
+from detectors.metrics import auroc, bootstrap_auroc, threshold_metrics
 from detectors.probe import fit_probe
 from detectors.spec import CalibrationRecord, DetectorSpec
 from detectors.thresholds import conformal_threshold
@@ -71,6 +75,7 @@ class DetectorReport:
     probe: dict
     probe_test_by_source: dict[str, dict]
     loso: dict[str, dict]
+    checks: dict[str, dict]
     top_latents: list[dict]
     scores: dict[str, list] = field(default_factory=dict)
     """Test and benign scores with labels, for plots."""
@@ -89,12 +94,16 @@ def _groups(ex: list[Example]) -> np.ndarray:
 
 
 def calibrate_concept(concept: str, examples: list[Example], benign: list[Example], cache: ActivationCache, sae, *,
+                      checks: list[Example] = (),
                       model_id: str, hook: str, dataset_paths: list[Path], cfg: CalibrationConfig = CalibrationConfig(),
                       disc: DiscoveryConfig = DiscoveryConfig(), progress: bool = True) -> tuple[DetectorSpec, DetectorReport]:
     """Fit, threshold and evaluate the detector for ``concept`` (see module docstring)."""
     split = by_split(examples)
-    train, test = split["train"], split["test"]
     benign_split = by_split(benign)
+    # Benign traffic of the train split joins the negatives: the detector must reject normal traffic
+    # (long chats, instructions), not only the concept's own negatives, or its threshold, set on that
+    # traffic, ends up above every positive.
+    train, test = split["train"] + benign_split["train"], split["test"]
     cal_neg = [e for e in split["calibration"] if e.label == 0] + benign_split["calibration"]
     benign_unseen = benign_split["test"]
     y_tr, g_tr = _labels(train), _groups(train)
@@ -164,8 +173,18 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
             s_held = d_src.score(f_held, columns=list(range(len(d_src.latents))))
             pr = fit_probe(dense_features(cache, [train[i] for i in rest_idx], span=span), y_tr[rest_idx],
                            g_tr[rest_idx])
-            loso[src] = {"auroc": auroc(s_held, _labels(held)), "probe_auroc":
-                         auroc(pr.score(dense_features(cache, held, span=span)), _labels(held)), "n": len(held)}
+            y_held = _labels(held)
+            loso[src] = {"auroc": auroc(s_held, y_held),
+                         "auroc_ci": list(bootstrap_auroc(s_held, y_held, _groups(held), n_boot=cfg.n_boot)),
+                         "probe_auroc": auroc(pr.score(dense_features(cache, held, span=span)), y_held),
+                         "n": len(held)}
+
+    # --- check sets: scored, never fitted on
+    check_results = {}
+    for src in sorted({e.source for e in checks}):
+        ex = [e for e in checks if e.source == src]
+        m = threshold_metrics(scores_of(ex), _labels(ex), choice.threshold, _groups(ex), n_boot=cfg.n_boot)
+        check_results[src] = m.to_dict()
 
     # --- no placebo detectors
     reasons = []
@@ -175,6 +194,10 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     if m_test.recall_ci[0] <= m_test.fpr_ci[1]:
         reasons.append(f"recall at the threshold ({m_test.recall:.3f}) is not distinguishable from the FPR "
                        f"({m_test.fpr:.3f})")
+    failing = [src for src, m in loso.items() if np.isnan(m["auroc"]) or m["auroc_ci"][0] <= 0.5]
+    if loso and len(failing) * 2 > len(loso):
+        reasons.append(f"it does not generalise to sources it was not fit on: leave-one-source-out AUROC "
+                       f"intervals reach 0.5 for {len(failing)} of {len(loso)} sources")
     status = "no_signal" if reasons else "enabled"
     record = CalibrationRecord(
         target_fpr=cfg.target_fpr, achieved_fpr=m_unseen.fpr, achieved_fpr_ci=m_unseen.fpr_ci,
@@ -197,7 +220,7 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
         cv_auroc_by_choice={k: float(v[0]) for k, v in choices.items()}, threshold=choice.threshold,
         n_benign_calibration=choice.n_benign, test=m_test.to_dict(), test_by_source=by_source,
         benign_unseen=m_unseen.to_dict(), probe={"auroc": auroc(p_test, y_test), "cv_auroc": probe.cv_auroc,
-                                                 "c": probe.c}, probe_test_by_source=probe_by_source, loso=loso,
+                                                 "c": probe.c}, probe_test_by_source=probe_by_source, loso=loso, checks=check_results,
         top_latents=[asdict(r) for r in ranking],
         scores={"test": s_test.tolist(), "test_labels": y_test.tolist(), "test_sources": [e.source for e in test],
                 "benign_unseen": s_unseen.tolist(), "calibration_benign": cal_scores.tolist(),

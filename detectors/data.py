@@ -23,14 +23,18 @@ from detectors.splits import Split, group_key, split_of
 CONCEPT_FILES: dict[str, tuple[str, ...]] = {
     "scam": ("scam/sms_spam_collection.jsonl", "scam/harmful_requests_fraud_vs_other_harm.jsonl",
              "scam/alpaca_benign_writing_requests.jsonl"),
-    "deception": ("deception/anthropic_evals_persona.jsonl", "deception/repe_facts_instructed_pairs.jsonl",
-                  "deception/truthfulqa_true_vs_false.jsonl"),
+    "deception": ("deception/anthropic_evals_persona.jsonl", "deception/repe_facts_instructed_pairs.jsonl"),
     "power_seeking": ("power_seeking/anthropic_evals_persona.jsonl",
                       "power_seeking/anthropic_evals_advanced_ai_risk_lm.jsonl"),
     "sycophancy": ("sycophancy/anthropic_evals_political_typology.jsonl",
                    "sycophancy/truthfulqa_templated_answer_sycophancy.jsonl"),
 }
-"""Labelled files of each concept, relative to the data directory."""
+"""Labelled files each concept's detector is fitted and calibrated on, relative to the data directory."""
+CHECK_FILES: dict[str, tuple[str, ...]] = {
+    "deception": ("deception/truthfulqa_true_vs_false.jsonl",),
+}
+"""Files only evaluated, never fitted on: TruthfulQA's label is a factual falsehood, not an intent to
+deceive. A deceptive-intent detector should *not* separate it; the report shows that it does not."""
 BENIGN_FILES = ("benign/alpaca_instructions.jsonl", "benign/refusal_direction_harmless_chat.jsonl")
 """Benign traffic (all label 0): false-positive calibration for every detector."""
 
@@ -108,6 +112,14 @@ def load_concept(concept: str, data_dir: Path, *, max_per_file: int | None = Non
     for rel in CONCEPT_FILES[concept]:
         examples += subsample(load_file(data_dir / rel, name=rel), max_per_file, seed)
     return examples
+
+
+def load_checks(concept: str, data_dir: Path, *, max_per_file: int | None = None, seed: int = 0) -> list[Example]:
+    """The concept's evaluation-only files (``CHECK_FILES``), test split only."""
+    out = []
+    for rel in CHECK_FILES.get(concept, ()):
+        out += [e for e in subsample(load_file(data_dir / rel, name=rel), max_per_file, seed) if e.split == "test"]
+    return out
 
 
 def load_benign(data_dir: Path, *, max_per_file: int | None = None, seed: int = 0) -> list[Example]:

@@ -90,9 +90,15 @@ def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: 
     lines.append(f"| unseen benign traffic | 0 | {b['n_neg']} | – | – | {b['fpr']:.3f} {_ci(b['fpr_ci'])} | – |")
     if report.loso:
         lines += ["", "Leave one source out (fit without the source, scored on its calibration and test rows):", "",
-                  "| held-out source | n | SAE detector AUROC | dense probe AUROC |", "|---|---:|---:|---:|"]
+                  "| held-out source | n | SAE detector AUROC [95% CI] | dense probe AUROC |", "|---|---:|---|---:|"]
         for src, m in report.loso.items():
-            lines.append(f"| {src} | {m['n']} | {_f(m['auroc'])} | {_f(m['probe_auroc'])} |")
+            lines.append(f"| {src} | {m['n']} | {_f(m['auroc'])} {_ci(m.get('auroc_ci'))} | {_f(m['probe_auroc'])} |")
+    if report.checks:
+        lines += ["", "Check sets (scored, never fitted on):", "",
+                  "| check source | n pos | n neg | AUROC [95% CI] | recall | FPR |", "|---|---:|---:|---|---:|---:|"]
+        for src, m in report.checks.items():
+            lines.append(f"| {src} | {m['n_pos']} | {m['n_neg']} | {_f(m['auroc'])} {_ci(m['auroc_ci'])} | "
+                         f"{_f(m['recall'])} | {_f(m['fpr'])} |")
     lines += ["", "Span and aggregation chosen by grouped 5-fold CV AUROC on the train split:", "",
               "| choice | CV AUROC |", "|---|---:|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in sorted(report.cv_auroc_by_choice.items(), key=lambda kv: -kv[1])]

@@ -34,7 +34,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from detectors.calibrate import CalibrationConfig, calibrate_concept, write_report_json
-    from detectors.data import BENIGN_FILES, CONCEPT_FILES, load_benign, load_concept, load_file, subsample
+    from detectors.data import (BENIGN_FILES, CHECK_FILES, CONCEPT_FILES, load_benign, load_checks, load_concept,
+                                load_file, subsample)
     from detectors.discover import DiscoveryConfig
     from detectors.report import plot_detector, write_markdown
     from monitor.artifacts import default_sae_dir
@@ -62,16 +63,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     disc = DiscoveryConfig(max_latents=args.max_latents)
     summary = {}
     for concept in args.concepts:
+        checks = []
         if args.data:
             examples = [e for p in args.data for e in subsample(load_file(Path(p)), args.max_per_file, 0)]
             paths = [Path(p) for p in args.data]
         else:
             examples = load_concept(concept, data_dir, max_per_file=args.max_per_file)
-            paths = [data_dir / f for f in CONCEPT_FILES[concept]]
+            checks = load_checks(concept, data_dir, max_per_file=args.max_per_file)
+            paths = [data_dir / f for f in (*CONCEPT_FILES[concept], *CHECK_FILES.get(concept, ()))]
         paths += [data_dir / f for f in BENIGN_FILES] + [Path(p) for p in args.benign or []]
         print(f"[{concept}] {len(examples)} examples, {len(benign)} benign; computing activations", file=sys.stderr)
-        cache.ensure(lm, examples + benign)
-        spec, report = calibrate_concept(concept, examples, benign, cache, sae, model_id=lm.model_id,
+        cache.ensure(lm, examples + benign + checks)
+        spec, report = calibrate_concept(concept, examples, benign, cache, sae, checks=checks, model_id=lm.model_id,
                                          hook=hook_name(args.layer), dataset_paths=paths, cfg=cfg, disc=disc)
         spec.save(out / f"{spec.name}.json")
         write_report_json(report, out / "reports" / f"{spec.name}.json")
@@ -79,7 +82,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         write_markdown(report, spec, png, docs / f"{spec.name}.md", labels=spec.latent_labels)
         summary[spec.name] = {"status": spec.status, "auroc": report.test["auroc"], "recall": report.test["recall"],
                               "fpr_unseen_benign": report.benign_unseen["fpr"], "probe_auroc": report.probe["auroc"],
-                              "loso": {k: round(v["auroc"], 4) for k, v in report.loso.items()}}
+                              "loso": {k: round(v["auroc"], 4) for k, v in report.loso.items()},
+                              "checks": {k: round(v["auroc"], 4) for k, v in report.checks.items()}}
         print(json.dumps({spec.name: summary[spec.name]}), file=sys.stderr)
     print(json.dumps({"detectors": summary, "out": str(out)}, indent=None if args.json else 2))
     return 0
@@ -176,3 +180,38 @@ def register(sub) -> None:
     ev.add_argument("--context", type=int, default=256)
     ev.add_argument("--json", action="store_true", help='one JSON object: {"detectors": {name: {...}}}')
     ev.set_defaults(func=cmd_eval)
+    register_causal_check(sub)
+
+
+def cmd_causal_check(args: argparse.Namespace) -> int:
+    from detectors.spec import load_specs
+    from monitor.artifacts import default_sae_dir
+    from monitor.causal_check import causal_check, markdown
+    from monitor.cli import UsageError
+    from monitor.features import INDEX_FILE, FeatureIndex
+
+    sae, lm = _sae_and_model(args)
+    sae_dir = Path(args.sae) if args.sae else default_sae_dir()
+    det_dir = Path(args.detectors) if args.detectors else default_detectors_dir(sae_dir)
+    if not (sae_dir / INDEX_FILE).is_file():
+        raise UsageError(f"no feature index at {sae_dir / INDEX_FILE}; run `safety-monitor sae index` first")
+    specs = load_specs(det_dir, sae_sha256=sae.sha256, d_sae=sae.cfg.d_sae, include_no_signal=True)
+    trials = causal_check(lm, sae, specs, FeatureIndex.load(sae_dir / INDEX_FILE), layer=args.layer,
+                          scale=args.scale, max_new_tokens=args.max_new_tokens)
+    Path(args.out).write_text(markdown(trials, specs) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def register_causal_check(sub) -> None:
+    from monitor.models import DEFAULT_LAYER, DEFAULT_MODEL_ID
+
+    cc = sub.add_parser("causal-check", help="steer each detector's top latent and score the generations")
+    cc.add_argument("--detectors", help="directory of detector specs (default: <sae>/detectors)")
+    cc.add_argument("--sae", help="SAE directory (default: the shipped one)")
+    cc.add_argument("--model", default=DEFAULT_MODEL_ID)
+    cc.add_argument("--layer", type=int, default=DEFAULT_LAYER)
+    cc.add_argument("--scale", type=float, default=4.0, help="target = scale x the latent's max activation")
+    cc.add_argument("--max-new-tokens", type=int, default=40)
+    cc.add_argument("--out", default="docs/calibration/causal.md")
+    cc.set_defaults(func=cmd_causal_check)
