@@ -15,7 +15,7 @@ Per concept, on the pair-aware splits of ``detectors.data``:
 * check sets (``data.CHECK_FILES``) are only scored, never fitted on, e.g. TruthfulQA for deception;
 * a detector is marked ``no_signal`` (shipped for the record, never enabled by default) when its test
   AUROC interval reaches 0.5, when its recall interval overlaps its FPR interval, or when it does not
-  generalise: for most held-out sources, the AUROC interval of the leave-one-source-out fit reaches
+  generalise: for every held-out source, the AUROC interval of the leave-one-source-out fit reaches
   0.5 (a detector that only works on the sources it was fit on has learned the sources, not the concept).
 """
 
@@ -195,9 +195,9 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
         reasons.append(f"recall at the threshold ({m_test.recall:.3f}) is not distinguishable from the FPR "
                        f"({m_test.fpr:.3f})")
     failing = [src for src, m in loso.items() if np.isnan(m["auroc"]) or m["auroc_ci"][0] <= 0.5]
-    if loso and len(failing) * 2 > len(loso):
-        reasons.append(f"it does not generalise to sources it was not fit on: leave-one-source-out AUROC "
-                       f"intervals reach 0.5 for {len(failing)} of {len(loso)} sources")
+    if loso and len(failing) == len(loso):
+        reasons.append(f"it does not generalise to any source it was not fit on: the leave-one-source-out AUROC "
+                       f"interval reaches 0.5 for all {len(loso)} sources")
     status = "no_signal" if reasons else "enabled"
     record = CalibrationRecord(
         target_fpr=cfg.target_fpr, achieved_fpr=m_unseen.fpr, achieved_fpr_ci=m_unseen.fpr_ci,
