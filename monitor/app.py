@@ -318,6 +318,20 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         data = await run_in_threadpool(generate_latest, sidecar.metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
+    if sidecar.settings.redis is not None:
+        # Webhook subscriptions live in Redis, where `safety-monitor alerts route` reads them.
+        from alerts.webhook_api import webhook_admin_router
+        from alerts.webhooks import WebhookRegistry
+
+        registry: list[WebhookRegistry] = []
+
+        def webhook_registry() -> WebhookRegistry:
+            if not registry:
+                registry.append(WebhookRegistry(sidecar.settings.redis.client()))
+            return registry[0]
+
+        app.include_router(webhook_admin_router(webhook_registry, dependencies=[Depends(require_admin)]))
+
     if sidecar.settings.dashboard.enabled:
         from alerts.dashboard import dashboard_router
 

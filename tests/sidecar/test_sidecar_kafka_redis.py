@@ -75,6 +75,14 @@ def test_alerts_reach_kafka_and_the_redis_dashboard_and_survive_a_redis_outage(t
         wait_until(lambda: client.get("/v1/dashboard/alerts", headers=ADMIN_AUTH).json(), timeout_s=10,
                    what="the alert in the Redis dashboard store")
         assert client.get("/v1/dashboard/health", headers=ADMIN_AUTH).json()["store"]["backend"] == "redis"
+        # Webhook subscriptions are registered through the sidecar and kept in Redis for `alerts route`.
+        sub = {"url": "https://hooks.example.com/alerts", "detectors": ["scam"], "min_severity": "high",
+               "secret": "s3cret-s3cret-s3cret"}
+        assert client.post("/v1/webhooks", json=sub, headers=INGEST_AUTH).status_code == 403
+        created = client.post("/v1/webhooks", json=sub, headers=ADMIN_AUTH)
+        assert created.status_code == 201, created.text
+        listed = client.get("/v1/webhooks", headers=ADMIN_AUTH).json()
+        assert [w["url"] for w in listed] == [sub["url"]]
 
         redis.kill()
         assert client.post("/v1/activations", content=make_batch([("k-2", 4, True)], hot=3.0).to_bytes(),
