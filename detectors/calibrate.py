@@ -16,7 +16,8 @@ Per concept, on the pair-aware splits of ``detectors.data``:
 * a detector is marked ``no_signal`` (shipped for the record, never enabled by default) when its test
   AUROC interval reaches 0.5, when its recall interval overlaps its FPR interval, or when it does not
   generalise: for every held-out source, the AUROC interval of the leave-one-source-out fit reaches
-  0.5 (a detector that only works on the sources it was fit on has learned the sources, not the concept).
+  0.5, or for some held-out source it lies entirely below 0.5 (a detector that only works on the
+  sources it was fit on, or inverts on a new one, has learned the sources, not the concept).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class CalibrationConfig:
     """Also fit without each source and score that source."""
     n_boot: int = 500
     """Bootstrap resamples for intervals."""
+    benign_train_share: float = 0.5
+    """Benign train rows added to the negatives, as a share of the concept's own train negatives
+    (enough to teach the detector to reject normal traffic without drowning the concept's contrast)."""
 
 
 @dataclass
@@ -103,7 +107,9 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     # Benign traffic of the train split joins the negatives: the detector must reject normal traffic
     # (long chats, instructions), not only the concept's own negatives, or its threshold, set on that
     # traffic, ends up above every positive.
-    train, test = split["train"] + benign_split["train"], split["test"]
+    n_neg = sum(e.label == 0 for e in split["train"])
+    extra = benign_split["train"][: max(1, int(cfg.benign_train_share * n_neg))]
+    train, test = split["train"] + extra, split["test"]
     cal_neg = [e for e in split["calibration"] if e.label == 0] + benign_split["calibration"]
     benign_unseen = benign_split["test"]
     y_tr, g_tr = _labels(train), _groups(train)
@@ -198,6 +204,10 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     if loso and len(failing) == len(loso):
         reasons.append(f"it does not generalise to any source it was not fit on: the leave-one-source-out AUROC "
                        f"interval reaches 0.5 for all {len(loso)} sources")
+    inverted = [src for src, m in loso.items() if not np.isnan(m["auroc"]) and m["auroc_ci"][1] < 0.5]
+    if inverted:
+        reasons.append(f"fit without them, it ranks {len(inverted)} source(s) backwards (AUROC interval below 0.5: "
+                       f"{', '.join(inverted)}): it learned source artefacts, not the concept")
     status = "no_signal" if reasons else "enabled"
     record = CalibrationRecord(
         target_fpr=cfg.target_fpr, achieved_fpr=m_unseen.fpr, achieved_fpr_ci=m_unseen.fpr_ci,

@@ -440,16 +440,19 @@ class ScoringPipeline:
             for j in order[: self.top_latents] if float(feats[j]) > 0
         ]
         start, end = g.table.span(slot, d) or (0, 1)
-        in_span = (torch.ones_like(roles, dtype=torch.bool) if spec.span == "all"
-                   else roles == (ROLE_PROMPT if spec.span == "prompt" else ROLE_RESPONSE))
+        span_role = spec.span
+        if span_role == "final_turn":  # the response once the request has one, else the prompt
+            span_role = "response" if g.table.has_response(slot) else "prompt"
+        in_span = (torch.ones_like(roles, dtype=torch.bool) if span_role == "all"
+                   else roles == (ROLE_PROMPT if span_role == "prompt" else ROLE_RESPONSE))
         peak = role = None
         if bool(in_span.any()):
             contrib = g.table.token_contributions(z, d).masked_fill(~in_span, float("-inf"))
             j = int(contrib.argmax())
             peak = int(positions[j]) if start <= int(positions[j]) < end else None
             role = "prompt" if int(roles[j]) == ROLE_PROMPT else "response"
-        if spec.span != "all":
-            role = spec.span
+        if span_role != "all":
+            role = span_role
         return Alert(
             model=self.model_id, sae_sha256=self.sae.sha256, detector=spec.name, detector_version=spec.version,
             score=score, threshold=spec.threshold, severity=Severity.parse(spec.severity(score) or "low"),

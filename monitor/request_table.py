@@ -163,9 +163,13 @@ class RequestTable:
         out = out.T
         return torch.where(cnt4.index_select(1, self._span_index) > 0, out, float("nan"))
 
+    def has_response(self, slot: int) -> bool:
+        """The request in ``slot`` has response tokens."""
+        return float(self._count[2 * slot + ROLE_RESPONSE]) > 0
+
     def _roles(self, slot: int, span: str) -> tuple[int, ...]:
         if span == "final_turn":
-            return (ROLE_RESPONSE,) if float(self._count[2 * slot + ROLE_RESPONSE]) > 0 else (ROLE_PROMPT,)
+            return (ROLE_RESPONSE,) if self.has_response(slot) else (ROLE_PROMPT,)
         return _SPAN_ROLES[span]
 
     def features(self, slot: int, detector: int) -> torch.Tensor:

@@ -188,3 +188,16 @@ def test_reload_keeps_requests_in_flight_on_their_detectors(sae, sink):
         assert p.stats().generations == 1  # the old generation's table is released
     finally:
         stop(p)
+
+
+def test_final_turn_alerts_name_the_role_they_scored(sae, sink):
+    p = make_pipeline(sae, [make_spec(sae, "power", threshold=2.0, span="final_turn")], sink)
+    try:
+        run(p, make_batch([("p", 4, True)], hot=3.0))  # prompt only: the prompt is the final turn
+        run(p, make_batch([("r", 3, False)], hot=0.0))
+        run(p, make_batch([("r", 3, True)], start={"r": 3}, hot=3.0, role=ROLE_RESPONSE))
+        wait_until(lambda: len(sink.alerts) == 2, what="two alerts")
+        roles = {a.request_id: a.token_span.role for a in sink.alerts}
+        assert roles == {"p": "prompt", "r": "response"}
+    finally:
+        stop(p)
