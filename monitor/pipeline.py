@@ -47,6 +47,11 @@ MAX_OLD_GENERATIONS = 2
 
 
 # --------------------------------------------------------------------------- errors
+_NO_ROWS = torch.zeros(0, 0)
+_NO_ROLES = torch.zeros(0, dtype=torch.uint8)
+_NO_POS = torch.zeros(0, dtype=torch.int64)
+
+
 class IngestError(Exception):
     """A batch was refused; nothing of it was accepted. ``reason`` is the metrics label."""
 
@@ -316,7 +321,7 @@ class ScoringPipeline:
                 self.last_worker_error = f"{type(exc).__name__}: {exc}"
                 log.exception("scoring step failed; its batches are lost")
         try:
-            self._finish(list(self._requests.items()), "shutdown")
+            self._finish_and_alert(list(self._requests.items()), "shutdown")
         except Exception:
             log.exception("finalising requests at shutdown failed")
 
@@ -349,7 +354,8 @@ class ScoringPipeline:
         unknown = sum(1 for st, fin in zip(states, finals) if fin and st is None)
         if unknown:
             self.metrics.unknown_finals.inc(unknown)  # finalised already (idle, evicted, repeated final)
-        final_scores = self._finish(closing, "final") if closing else {}
+        final_scores, late = self._finish(closing, "final") if closing else ({}, [])
+        alerts += late
         if alerts:
             self.emitter.submit(alerts, stop=self._abort)
         done = time.perf_counter()
@@ -405,7 +411,8 @@ class ScoringPipeline:
             g.table.update(gslots, z, groles, gpos)
             touched = torch.unique(gslots)
             scores = g.table.scores(touched)
-            crossed = (scores >= g.table.thresholds) & ~g.table.alerted.index_select(0, touched)
+            crossed = ((scores >= g.table.thresholds) & ~g.table.alerted.index_select(0, touched)
+                       & g.table.alert_while_streaming)
             if bool(crossed.any()):
                 alerts.extend(self._alerts(g, touched, scores, crossed, gslots, z, groles, gpos, items))
         return alerts
@@ -472,7 +479,7 @@ class ScoringPipeline:
         for _, slot, g in candidates[:excess]:
             rid = self._owners[(g.number, slot)]
             victims.append((rid, self._requests[rid]))
-        self._finish(victims, "evicted")
+        self._finish_and_alert(victims, "evicted")
 
     def _open(self, rid: str, gen: DetectorGeneration, now: float) -> _Request:
         st = _Request(gen, gen.table.allocate(now))
@@ -481,9 +488,12 @@ class ScoringPipeline:
         self.metrics.requests_started.inc()
         return st
 
-    def _finish(self, entries: list[tuple[str, _Request]], reason: str) -> dict[str, dict[str, float | None]]:
-        """Finalise requests: final scores to the dashboard, slots freed. Returns their final scores."""
+    def _finish(self, entries: list[tuple[str, _Request]], reason: str
+                ) -> tuple[dict[str, dict[str, float | None]], list[PendingAlert]]:
+        """Finalise requests: alerts of detectors judged on the finished request (mean aggregation), final
+        scores to the dashboard, slots freed. Returns the final scores and those alerts (not yet submitted)."""
         out: dict[str, dict[str, float | None]] = {}
+        late: list[PendingAlert] = []
         by_gen: dict[int, list[tuple[str, _Request]]] = {}
         for rid, st in entries:
             if self._requests.get(rid) is st:
@@ -496,6 +506,18 @@ class ScoringPipeline:
             for d, spec in enumerate(g.specs):
                 col = scores[:, d]
                 self.emitter.observe_scores(spec.name, col[~col.isnan()].tolist(), spec.threshold)
+            slot_t = torch.tensor(slots, dtype=torch.long)
+            crossed = ((scores >= g.table.thresholds) & ~g.table.alerted.index_select(0, slot_t)
+                       & ~g.table.alert_while_streaming)
+            for i, d in crossed.nonzero().tolist():
+                rid, st = group[i]
+                g.table.alerted[st.slot, d] = True
+                try:
+                    alert = self._build_alert(g, st.slot, d, float(scores[i, d]), rid, _NO_ROWS, _NO_ROLES, _NO_POS)
+                except Exception:
+                    log.exception("could not build the alert of detector %s on request %s", g.specs[d].name, rid)
+                    continue
+                late.append(PendingAlert(alert, time.perf_counter()))
             names = [s.name for s in g.specs]
             for (rid, _), row in zip(group, scores.tolist()):
                 out[rid] = {n: (None if math.isnan(v) else v) for n, v in zip(names, row)}
@@ -504,7 +526,13 @@ class ScoringPipeline:
                 del self._owners[(g.number, slot)]
         if out:
             self.metrics.requests_finished.labels(reason).inc(len(out))
-        return out
+        return out, late
+
+    def _finish_and_alert(self, entries: list[tuple[str, _Request]], reason: str) -> None:
+        """``_finish`` for requests that end without a final chunk (idle, evicted, reload, shutdown)."""
+        _, late = self._finish(entries, reason)
+        if late:
+            self.emitter.submit(late, stop=self._abort)
 
     def _sweep(self, now: float) -> None:
         cutoff = now - self.idle_timeout_s
@@ -514,7 +542,7 @@ class ScoringPipeline:
                 rid = self._owners[(g.number, slot)]
                 idle.append((rid, self._requests[rid]))
         if idle:
-            self._finish(idle, "idle")
+            self._finish_and_alert(idle, "idle")
         self._retire_generations()
 
     def _retire_generations(self) -> None:
@@ -523,7 +551,7 @@ class ScoringPipeline:
         old = [g for g in self._live if g is not current]
         while len(old) > MAX_OLD_GENERATIONS:
             oldest = old.pop(0)
-            self._finish([(r, st) for r, st in self._requests.items() if st.gen is oldest], "reload")
+            self._finish_and_alert([(r, st) for r, st in self._requests.items() if st.gen is oldest], "reload")
             self._live.remove(oldest)
 
 

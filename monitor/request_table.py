@@ -52,6 +52,10 @@ class RequestTable:
         """``[capacity]`` slot holds a request."""
         self.thresholds = torch.tensor([s.threshold for s in bank.specs], dtype=torch.float32)
         """``[n_detectors]``."""
+        self.alert_while_streaming = torch.tensor([s.aggregation == "max" for s in bank.specs], dtype=torch.bool)
+        """``[n_detectors]``: a running max only grows, so crossing the threshold mid-request is final and
+        can alert at once; a running mean can fall back, so mean detectors are judged on the finished
+        request, the score they were calibrated on."""
         self._free = list(range(capacity - 1, -1, -1))
         where = {lat: j for j, lat in enumerate(bank.latents)}
         self._cols = [torch.tensor([where[i] for i in s.latents], dtype=torch.long) for s in bank.specs]

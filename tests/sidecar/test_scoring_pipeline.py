@@ -201,3 +201,23 @@ def test_final_turn_alerts_name_the_role_they_scored(sae, sink):
         assert roles == {"p": "prompt", "r": "response"}
     finally:
         stop(p)
+
+
+def test_mean_detectors_are_judged_on_the_finished_request(sae, sink):
+    spec = make_spec(sae, "power", threshold=2.0, aggregation="mean")
+    p = make_pipeline(sae, [spec], sink)
+    try:
+        run(p, make_batch([("a", 2, False)], hot=4.0))  # a hot start: the running mean crosses ...
+        time.sleep(0.1)
+        assert sink.alerts == []  # ... but a mean can still fall, so no alert yet
+        run(p, make_batch([("a", 12, False)], start={"a": 2}, hot=0.0))  # cold tokens pull the mean down
+        res = run(p, make_batch([("a", 0, True)]))
+        assert res.scores["a"]["power"] < 2.0
+        run(p, make_batch([("b", 6, False)], hot=4.0))
+        res = run(p, make_batch([("b", 0, True)]))
+        assert res.scores["b"]["power"] >= 2.0
+        wait_until(lambda: sink.alerts, what="the alert of b")
+        assert [a.request_id for a in sink.alerts] == ["b"]
+        assert [a.request_id for a in res.alerts] == ["b"]  # reported with the final chunk
+    finally:
+        stop(p)
