@@ -198,7 +198,7 @@ def cmd_causal_check(args: argparse.Namespace) -> int:
     specs = load_specs(det_dir, sae_sha256=sae.sha256, d_sae=sae.cfg.d_sae, include_no_signal=True)
     trials = causal_check(lm, sae, specs, FeatureIndex.load(sae_dir / INDEX_FILE), layer=args.layer,
                           scale=args.scale, max_new_tokens=args.max_new_tokens)
-    Path(args.out).write_text(markdown(trials, specs) + "\n")
+    Path(args.out).write_text(markdown(trials, specs, scale=args.scale) + "\n")
     print(f"wrote {args.out}")
     return 0
 
@@ -211,7 +211,8 @@ def register_causal_check(sub) -> None:
     cc.add_argument("--sae", help="SAE directory (default: the shipped one)")
     cc.add_argument("--model", default=DEFAULT_MODEL_ID)
     cc.add_argument("--layer", type=int, default=DEFAULT_LAYER)
-    cc.add_argument("--scale", type=float, default=4.0, help="target = scale x the latent's max activation")
+    cc.add_argument("--scale", type=float, default=3.0,
+                    help="target = scale x the median activation of the latent's top held-out contexts")
     cc.add_argument("--max-new-tokens", type=int, default=40)
     cc.add_argument("--out", default="docs/calibration/causal.md")
     cc.set_defaults(func=cmd_causal_check)
