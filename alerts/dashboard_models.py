@@ -49,6 +49,17 @@ class DetectorThreshold(BaseModel):
     calibration: CalibrationSummary | None = None
 
 
+def health_details(provider) -> dict[str, Any]:
+    """The scalar fields of a health provider's report (``{}`` without a provider). A provider that
+    raises yields ``{"health_error": ...}``: a broken provider must not stop heartbeats."""
+    if provider is None:
+        return {}
+    try:
+        return {k: v for k, v in provider().items() if isinstance(v, (int, float, str, bool)) or v is None}
+    except Exception as exc:  # noqa: BLE001
+        return {"health_error": str(exc)}
+
+
 class Heartbeat(BaseModel):
     """What a sidecar instance last reported about itself."""
 

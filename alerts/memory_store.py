@@ -23,6 +23,7 @@ from alerts.dashboard_models import (
     InstanceHealth,
     ScoreHistogram,
     StoreHealth,
+    health_details,
     histogram_bucket,
 )
 from alerts.schema import Alert
@@ -129,16 +130,7 @@ class InMemoryDashboardStore:
         return [ScoreHistogram(detector=d, edges=edges, counts=c) for d, c in sorted(per_det.items())]
 
     def instances(self) -> list[InstanceHealth]:
-        details: dict[str, Any] = {}
-        if self._health_provider is not None:
-            try:
-                details = {
-                    k: v
-                    for k, v in self._health_provider().items()
-                    if isinstance(v, (int, float, str, bool)) or v is None
-                }
-            except Exception as exc:  # noqa: BLE001
-                details = {"health_error": str(exc)}
+        details = health_details(self._health_provider)
         hb = Heartbeat(
             instance=self.config.instance,
             model=self.model,

@@ -42,6 +42,7 @@ from alerts.dashboard_models import (
     RateSeries,
     ScoreHistogram,
     StoreHealth,
+    health_details,
     histogram_bucket,
 )
 from alerts.schema import Alert, Severity
@@ -220,16 +221,7 @@ class DashboardStore:
             return False
 
     def _heartbeat_op(self) -> tuple[Any, ...]:
-        details: dict[str, Any] = {}
-        if self._health_provider is not None:
-            try:
-                details = {
-                    k: v
-                    for k, v in self._health_provider().items()
-                    if isinstance(v, (int, float, str, bool)) or v is None
-                }
-            except Exception as exc:  # noqa: BLE001 - a broken provider must not stop heartbeats
-                details = {"health_error": str(exc)}
+        details = health_details(self._health_provider)
         hb = Heartbeat(
             instance=self.config.instance,
             model=self.model,

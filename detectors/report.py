@@ -8,12 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-from detectors.calibrate import DetectorReport  # noqa: E402
-from detectors.spec import DetectorSpec  # noqa: E402
+from detectors.calibrate import DetectorReport
+from detectors.spec import DetectorSpec
 
 
 def plot_detector(report: DetectorReport, spec: DetectorSpec, path: Path) -> Path:

@@ -12,7 +12,6 @@ and the detector fires when ``score >= threshold``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 

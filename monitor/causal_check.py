@@ -89,7 +89,7 @@ def markdown(trials: list[SteeringTrial], specs, *, scale: float) -> str:
         lines += [f"## {spec.name}  (threshold {spec.threshold:.2f}; steered score higher in {up} of {len(rows)})", "",
                   "| latent | prompt | unsteered answer (score) | steered answer (score) |", "|---:|---|---|---|"]
         for t in rows:
-            esc = lambda s: s.replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            esc = lambda s: s.replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {t.latent} | {esc(t.prompt)} | {esc(t.unsteered)} ({t.score_unsteered:.2f}) | "
                          f"{esc(t.steered)} ({t.score_steered:.2f}) |")
         lines.append("")

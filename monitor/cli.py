@@ -79,10 +79,10 @@ def cmd_sae_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_sae_train(args: argparse.Namespace) -> int:
+    import torch
+
     from monitor.collect import open_activations
     from monitor.sae_train import ActivationStore, TrainConfig, train_sae
-
-    import torch
 
     cfg = dataclass_from_args(TrainConfig, args)
     if args.threads:
@@ -113,11 +113,11 @@ def _first_tokens(shards, n: int):
 
 
 def cmd_sae_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from monitor.models import load_model
     from monitor.sae_data import build_documents, default_data_dir, file_sequences
     from monitor.sae_eval import evaluate_sae
-
-    import torch
 
     sae = _load_sae_arg(args.sae)
     lm = load_model(args.model)

@@ -34,8 +34,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from detectors.calibrate import CalibrationConfig, calibrate_concept, write_report_json
-    from detectors.data import (BENIGN_FILES, CHECK_FILES, CONCEPT_FILES, load_benign, load_checks, load_concept,
-                                load_file, subsample)
+    from detectors.data import (
+        BENIGN_FILES,
+        CHECK_FILES,
+        CONCEPT_FILES,
+        load_benign,
+        load_checks,
+        load_concept,
+        load_file,
+        subsample,
+    )
     from detectors.discover import DiscoveryConfig
     from detectors.report import plot_detector, write_markdown
     from monitor.artifacts import default_sae_dir
@@ -139,7 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(f"{'detector':<16}{'status':<11}{'n_pos':>7}{'n_neg':>7}{'AUROC':>8}{'recall':>8}{'FPR':>8}")
     for name, r in results.items():
-        fmt = lambda v: "   –" if v is None else f"{v:8.3f}"  # noqa: E731
+        fmt = lambda v: "   –" if v is None else f"{v:8.3f}"
         print(f"{name:<16}{r['status']:<11}{r['n_pos']:>7}{r['n_neg']:>7}{fmt(r['auroc'])}{fmt(r['recall'])}"
               f"{fmt(r['fpr'])}")
     return 0

@@ -66,5 +66,5 @@ def steer(lm, sae, prompt: str, *, latent: int, target: float, layer: int = 15, 
         steered = lm.model.generate(ids, **kw)[0, ids.shape[1]:]
     finally:
         handle.remove()
-    dec = lambda t: lm.tokenizer.decode(t, skip_special_tokens=True).strip()  # noqa: E731
+    dec = lambda t: lm.tokenizer.decode(t, skip_special_tokens=True).strip()
     return SteeringResult(prompt, latent, target, dec(plain), dec(steered))
