@@ -58,7 +58,7 @@ class FeatureIndex:
 
 
 def build_index(sae, doc_tokens: list[np.ndarray], doc_acts: list[np.ndarray], *, top_k: int = 16,
-                progress: bool = True) -> FeatureIndex:
+                max_norm_ratio: float = 10.0, progress: bool = True) -> FeatureIndex:
     """Index ``sae`` over documents: ``doc_acts[i] [n_i, d_in]`` are the layer activations of
     ``doc_tokens[i]`` (position 0 included; it is skipped)."""
     d = sae.cfg.d_sae
@@ -71,7 +71,13 @@ def build_index(sae, doc_tokens: list[np.ndarray], doc_acts: list[np.ndarray], *
     for i, acts in enumerate(tqdm(doc_acts, disable=not progress, desc="feature index", unit="doc")):
         if len(acts) < 2:
             continue
-        z = sae.encode(torch.from_numpy(np.asarray(acts[1:], dtype=np.float32)))  # [n, d]
+        x = torch.from_numpy(np.asarray(acts[1:], dtype=np.float32))
+        # Like training: leave out sink-like outlier tokens (norm > 10x the document's median), which
+        # otherwise take over the top contexts of many latents.
+        norms = x.norm(dim=1)
+        kept = (norms <= max_norm_ratio * norms.median()).nonzero().squeeze(1)
+        x = x[kept]
+        z = sae.encode(x)  # [n, d]
         n_tok += z.shape[0]
         fired += (z > 0).sum(0)
         vals, pos = z.max(dim=0)  # best token of this document per latent
@@ -79,7 +85,7 @@ def build_index(sae, doc_tokens: list[np.ndarray], doc_acts: list[np.ndarray], *
         # merge this document's best token into each latent's top-k (one context per document)
         cand_v = torch.cat([top_v, vals[:, None]], 1)
         cand_d = torch.cat([top_d, torch.full((d, 1), i, dtype=torch.int32)], 1)
-        cand_p = torch.cat([top_p, (pos + 1).to(torch.int32)[:, None]], 1)
+        cand_p = torch.cat([top_p, (kept[pos] + 1).to(torch.int32)[:, None]], 1)
         order = cand_v.argsort(dim=1, descending=True)[:, :top_k]
         top_v, top_d, top_p = cand_v.gather(1, order), cand_d.gather(1, order), cand_p.gather(1, order)
     top_d = torch.where(top_v > 0, top_d, torch.full_like(top_d, -1))

@@ -90,3 +90,12 @@ def test_clamping_a_latent_sets_its_value_and_changes_the_generation(sae, defaul
     idx, peak = int(top.values.argmax()), float(top.values.max())
     r = steer(default_model, sae, "Tell me about cats.", latent=idx, target=3 * peak, layer=LAYER, max_new_tokens=12)
     assert r.unsteered and r.steered != r.unsteered
+
+
+def test_sink_like_outlier_tokens_are_left_out_of_the_index(index, sae):
+    _, docs, acts = index
+    loud = acts[0].copy()
+    loud[2] *= 100  # a position-2 token with a sink-like norm
+    idx = build_index(sae, docs[:1], [loud], top_k=2, progress=False)
+    assert idx.n_tokens == len(loud) - 2  # position 0 and the outlier
+    assert not (idx.top_pos == 2).any()
