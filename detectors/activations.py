@@ -2,7 +2,8 @@
 
 Raw activations (not latents) are cached, keyed by model, layer, context and the example's content
 hash, so a new SAE only needs re-encoding (milliseconds) and the dense-probe baseline reads the same
-tokens. Layout of ``ROOT/<model>-layer<L>-ctx<C>/``: ``shard-NNNNN.npy`` float16 ``[n, d]``,
+tokens. Layout of ``ROOT/<model>-layer<L>-ctx<C>[-bfloat16]/`` (the suffix when the model ran its
+matrix products in bf16, see ``sequence_runner.tap_sequences``): ``shard-NNNNN.npy`` float16 ``[n, d]``,
 ``shard-NNNNN-meta.npy`` int32 ``[n, 3]`` (token id, role, position), and ``index.json``
 (key -> shard, start, length). Shards are appended every ``flush_every`` examples, so an interrupted
 run keeps what it finished.
@@ -38,10 +39,12 @@ class TokenActivations:
 class ActivationCache:
     """See the module docstring."""
 
-    def __init__(self, root: Path, model_id: str, layer: int, context: int = 256) -> None:
-        self.dir = Path(root) / f"{model_id.replace('/', '_')}-layer{layer}-ctx{context}"
+    def __init__(self, root: Path, model_id: str, layer: int, context: int = 256, *,
+                 compute_dtype: str = "float32") -> None:
+        suffix = "" if compute_dtype == "float32" else f"-{compute_dtype}"
+        self.dir = Path(root) / f"{model_id.replace('/', '_')}-layer{layer}-ctx{context}{suffix}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.layer, self.context = layer, context
+        self.layer, self.context, self.compute_dtype = layer, context, compute_dtype
         index_path = self.dir / "index.json"
         self.index: dict[str, list[int]] = json.loads(index_path.read_text()) if index_path.exists() else {}
         self._shards: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -81,7 +84,8 @@ class ActivationCache:
         bar = tqdm(total=sum(len(r.input_ids) for r in rendered), unit="tok", unit_scale=True, disable=not progress,
                    desc=f"activations layer {self.layer}")
         for results in tap_sequences(lm, self.layer, [r.input_ids for r in rendered],
-                                     roles=[r.roles for r in rendered], batch_size=batch_size, order=order):
+                                     roles=[r.roles for r in rendered], batch_size=batch_size, order=order,
+                                     compute_dtype=self.compute_dtype):
             for i, batch in results:
                 meta = np.stack([batch.token_ids.numpy(), batch.roles.numpy().astype(np.int32),
                                  batch.positions.numpy()], axis=1).astype(np.int32)

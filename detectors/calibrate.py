@@ -216,7 +216,7 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
                   for p in dataset_paths},
         date=datetime.now(UTC).date().isoformat(), delta=cfg.delta, fpr_upper_bound=choice.fpr_upper_bound,
         threshold_rank=choice.rank, probe_auroc=auroc(p_test, y_test), span_choice_cv=
-        {k: round(float(v[0]), 4) for k, v in choices.items()},
+        {k: round(float(v[0]), 4) for k, v in choices.items()}, activations_compute_dtype=cache.compute_dtype,
     )
     spec = DetectorSpec(
         name=concept, concept=concept, model=model_id, hook=hook, sae_sha256=sae.sha256,

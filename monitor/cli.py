@@ -63,8 +63,11 @@ def cmd_sae_collect(args: argparse.Namespace) -> int:
     from monitor.collect import CollectConfig, collect
     from monitor.models import load_model
     from monitor.sae_data import build_documents, default_data_dir
+    from monitor.sequence_runner import COMPUTE_DTYPES
 
     cfg = dataclass_from_args(CollectConfig, args)
+    if cfg.compute_dtype not in COMPUTE_DTYPES:
+        raise UsageError(f"--compute-dtype must be one of {', '.join(COMPUTE_DTYPES)}")
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     if not data_dir.is_dir():
         raise UsageError(f"data directory {data_dir} not found; pass --data-dir or set SAFETY_MONITOR_DATA")

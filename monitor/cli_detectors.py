@@ -19,11 +19,12 @@ def _sae_and_model(args):
     return sae, lm
 
 
-def _cache(lm, layer: int, context: int):
+def _cache(lm, args: argparse.Namespace):
     from detectors.activations import ActivationCache
     from monitor.models import cache_root
 
-    return ActivationCache(cache_root() / "detector-activations", lm.model_id, layer, context)
+    return ActivationCache(cache_root() / "detector-activations", lm.model_id, args.layer, args.context,
+                           compute_dtype=args.compute_dtype)
 
 
 def default_detectors_dir(sae_dir: Path | None) -> Path | None:
@@ -63,7 +64,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     sae_dir = Path(args.sae) if args.sae else default_sae_dir()
     out = Path(args.out) if args.out else default_detectors_dir(sae_dir)
     docs = Path(args.docs)
-    cache = _cache(lm, args.layer, args.context)
+    cache = _cache(lm, args)
     benign = load_benign(data_dir, max_per_file=args.max_benign_per_file)
     if args.benign:
         benign += [e for p in args.benign for e in load_file(Path(p))]
@@ -141,7 +142,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if det_dir is None or not det_dir.is_dir():
         raise UsageError(f"no detector specs at {det_dir}; pass --detectors DIR or run `safety-monitor calibrate`")
     specs = load_specs(det_dir, sae_sha256=sae.sha256, d_sae=sae.cfg.d_sae, force=True)
-    results = evaluate_specs(lm, sae, specs, examples, _cache(lm, args.layer, args.context), layer=args.layer)
+    results = evaluate_specs(lm, sae, specs, examples, _cache(lm, args), layer=args.layer)
     if args.json:
         print(json.dumps({"detectors": results}))
         return 0
@@ -151,6 +152,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{name:<16}{r['status']:<11}{r['n_pos']:>7}{r['n_neg']:>7}{fmt(r['auroc'])}{fmt(r['recall'])}"
               f"{fmt(r['fpr'])}")
     return 0
+
+
+def _add_compute_dtype(parser: argparse.ArgumentParser) -> None:
+    from monitor.sequence_runner import COMPUTE_DTYPES
+
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
+                        help="precision of the model's matrix products when computing activations; bfloat16 is "
+                             "~2.5x faster on CPUs with AVX512-BF16 (default: float32)")
 
 
 def register(sub) -> None:
@@ -175,6 +184,7 @@ def register(sub) -> None:
     cal.add_argument("--model", default=DEFAULT_MODEL_ID)
     cal.add_argument("--layer", type=int, default=DEFAULT_LAYER)
     cal.add_argument("--context", type=int, default=256)
+    _add_compute_dtype(cal)
     cal.add_argument("--threads", type=int, default=0)
     cal.add_argument("--json", action="store_true")
     cal.set_defaults(func=cmd_calibrate)
@@ -186,6 +196,7 @@ def register(sub) -> None:
     ev.add_argument("--model", default=DEFAULT_MODEL_ID)
     ev.add_argument("--layer", type=int, default=DEFAULT_LAYER)
     ev.add_argument("--context", type=int, default=256)
+    _add_compute_dtype(ev)
     ev.add_argument("--json", action="store_true", help='one JSON object: {"detectors": {name: {...}}}')
     ev.set_defaults(func=cmd_eval)
     register_causal_check(sub)

@@ -46,6 +46,8 @@ class CollectConfig:
     """Rows per shard file."""
     split: str = "train"
     """Only documents of this split are read."""
+    compute_dtype: str = "float32"
+    """float32, or bfloat16: matrix products under bf16 autocast, ~2.5x faster on AVX512-BF16 CPUs."""
 
 
 class ShardWriter:
@@ -120,7 +122,8 @@ def collect(lm: LoadedModel, docs: list[Document], out: Path, cfg: CollectConfig
                desc=f"collect layer {cfg.layer}")
     t0, n0 = time.perf_counter(), writer.total
     todo = docs_split[start:]
-    for results in tap_sequences(lm, cfg.layer, [d.input_ids for _, d in todo], batch_size=cfg.batch_size):
+    for results in tap_sequences(lm, cfg.layer, [d.input_ids for _, d in todo], batch_size=cfg.batch_size,
+                                 compute_dtype=cfg.compute_dtype):
         if writer.total >= cfg.target_tokens:
             break
         acts, meta = _select_rows([(todo[i][0], batch) for i, batch in results], special)

@@ -13,8 +13,12 @@ Recipe (Gao et al. 2024 "Scaling and evaluating sparse autoencoders"; Bussmann e
   their pre-activations must reconstruct the residual error (loss weight ``aux_coef``), which revives them;
 * Adam, linear warm-up then linear decay to zero over the last ``decay_fraction`` of steps.
 
-The decoder runs as an ``embedding_bag`` over the active latents, not a dense matmul, which halves
-the cost per step on CPU. Checkpoints (``checkpoint.pt``) are written every ``checkpoint_every`` steps
+Only ``k`` of ``d_sae`` pre-activations per token reach the loss, so both halves of the SAE are
+trained sparsely: the decoder runs as an ``embedding_bag`` over the active latents, and the encoder's
+backward pass (``SelectedPreactivations``) sums over the selected (token, latent) pairs instead of
+multiplying dense ``[batch, d_sae]`` gradients, most of which are zero: 28x less work for that step,
+and a step about twice as fast on CPU. The dense forward pass that picks the latents may run under
+bf16 autocast (``compute_dtype``). Checkpoints (``checkpoint.pt``) are written every ``checkpoint_every`` steps
 and a rerun resumes from the last one.
 """
 
@@ -64,6 +68,9 @@ class TrainConfig:
     """Tokens whose norm exceeds this multiple of the median are left out (attention-sink-like outliers)."""
     checkpoint_every: int = 200
     """Steps between checkpoints."""
+    compute_dtype: str = "float32"
+    """Precision of the encoder's dense forward matmul: float32, or bfloat16 (autocast, ~1.7x faster on
+    CPUs with AVX512-BF16; the weights, gradients and optimiser stay float32)."""
     seed: int = 0
     """Seed for initialisation and the shuffle."""
 
@@ -98,6 +105,33 @@ class BatchTopKSAE(torch.nn.Module):
         if self.W_dec.grad is not None:
             parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
             self.W_dec.grad -= parallel * self.W_dec
+
+
+class SelectedPreactivations(torch.autograd.Function):
+    """``pre[rows, cols]`` of ``pre = (x - b_dec) @ W_enc + b_enc``, given the values, with a sparse backward.
+
+    ``forward(xc, W_enc, b_enc, rows, cols, offsets, vals)``: ``xc = x - b_dec [n, d_in]``, the selected
+    positions sorted by row (``offsets``: start of each row's entries) and their values (> 0, so the
+    ReLU passes the gradient). The backward computes ``xc^T G`` and ``G W_enc^T`` for the sparse
+    gradient ``G`` as two ``embedding_bag`` sums over the selected pairs.
+    """
+
+    @staticmethod
+    def forward(ctx, xc, w_enc, b_enc, rows, cols, offsets, vals):
+        ctx.save_for_backward(xc, w_enc, rows, cols, offsets)
+        return vals.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        xc, w_enc, rows, cols, offsets = ctx.saved_tensors
+        d_sae = w_enc.shape[1]
+        grad_xc = F.embedding_bag(cols, w_enc.t().contiguous(), offsets, mode="sum", per_sample_weights=grad)
+        by_col = torch.argsort(cols, stable=True)
+        col_counts = torch.bincount(cols, minlength=d_sae)
+        col_offsets = torch.cat([torch.zeros(1, dtype=torch.long), col_counts.cumsum(0)[:-1]])
+        grad_w = F.embedding_bag(rows[by_col], xc, col_offsets, mode="sum", per_sample_weights=grad[by_col])
+        grad_b = torch.bincount(cols, weights=grad, minlength=d_sae).to(grad.dtype)
+        return grad_xc, grad_w.t(), grad_b, None, None, None, None
 
 
 def _batch_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -155,6 +189,8 @@ def train_sae(store: ActivationStore, out: Path, cfg: TrainConfig, *, model_name
               progress: bool = True, dataset: str = "") -> FrozenSAE:
     """Train on ``store``, checkpointing to ``out/checkpoint.pt``; returns the FrozenSAE (JumpReLU,
     scale folded in) and writes it to ``out/final`` in our format."""
+    if cfg.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"compute_dtype must be float32 or bfloat16, not {cfg.compute_dtype!r}")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     d_in = store.data.shape[1]
@@ -189,10 +225,12 @@ def train_sae(store: ActivationStore, out: Path, cfg: TrainConfig, *, model_name
         if step > 0 and pos == 0:
             order = store.epoch_order()
         x = store.data[order[pos : pos + cfg.batch_tokens]].float() * scale
-        pre = sae.pre(x)
+        xc = x - sae.b_dec
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.compute_dtype == "bfloat16"):
+            pre = torch.relu(xc @ sae.W_enc + sae.b_enc).float()
         with torch.no_grad():
             rows, cols, offsets = _batch_topk(pre, cfg.k)
-        vals = pre[rows, cols]
+        vals = SelectedPreactivations.apply(xc, sae.W_enc, sae.b_enc, rows, cols, offsets, pre[rows, cols])
         recon = sae.decode_sparse(cols, vals, offsets)
         err = x - recon
         total_var = (x - x.mean(0)).pow(2).sum()

@@ -16,13 +16,23 @@ from monitor.models import LoadedModel, truncated
 from monitor.tap import ActivationTap, CollectingSink
 from monitor.wire import ActivationBatch
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+"""Precisions offline jobs may run the model in."""
+
 
 def tap_sequences(lm: LoadedModel, layer: int, sequences: Sequence[torch.Tensor], *,
                   roles: Sequence[torch.Tensor] | None = None, batch_size: int = 16,
                   order: Sequence[int] | None = None,
-                  dtype: torch.dtype = torch.float16) -> Iterator[list[tuple[int, ActivationBatch]]]:
+                  dtype: torch.dtype = torch.float16,
+                  compute_dtype: str = "float32") -> Iterator[list[tuple[int, ActivationBatch]]]:
     """For each padded batch, ``[(sequence index, its tokens), ...]``. ``order``: the order in which
-    sequences are batched (e.g. sorted by length to reduce padding); default: as given."""
+    sequences are batched (e.g. sorted by length to reduce padding); default: as given.
+    ``compute_dtype="bfloat16"`` runs the matrix products under bf16 autocast (the residual stream
+    itself stays float32): about 2.5x faster on CPUs with AVX512-BF16, at a 0.5 % mean relative error
+    of the layer-15 activations (6e-5 of their variance; ``docs/performance.md``)."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, not {compute_dtype!r}")
+    device = next(lm.model.parameters()).device.type
     order = list(range(len(sequences))) if order is None else list(order)
     pad = lm.tokenizer.pad_token_id or 0
     sink = CollectingSink()
@@ -39,7 +49,8 @@ def tap_sequences(lm: LoadedModel, layer: int, sequences: Sequence[torch.Tensor]
                 ids[r, :n], mask[r, :n] = sequences[i], 1
                 if roles is not None:
                     role[r, :n] = roles[i]
-            with torch.inference_mode(), tap.track([str(i) for i in idx], attention_mask=mask, roles=role):
+            with torch.inference_mode(), tap.track([str(i) for i in idx], attention_mask=mask, roles=role), \
+                    torch.autocast(device, dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16"):
                 trunk(input_ids=ids, attention_mask=mask, use_cache=False)
             tap.flush()
             if tap.stats.chunks_dropped:
