@@ -83,6 +83,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         paths += [data_dir / f for f in BENIGN_FILES] + [Path(p) for p in args.benign or []]
         print(f"[{concept}] {len(examples)} examples, {len(benign)} benign; computing activations", file=sys.stderr)
         cache.ensure(lm, examples + benign + checks)
+        if args.activations_only:
+            continue
         spec, report = calibrate_concept(concept, examples, benign, cache, sae, checks=checks, model_id=lm.model_id,
                                          hook=hook_name(args.layer), dataset_paths=paths, cfg=cfg, disc=disc)
         spec.save(out / f"{spec.name}.json")
@@ -94,6 +96,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                               "loso": {k: round(v["auroc"], 4) for k, v in report.loso.items()},
                               "checks": {k: round(v["auroc"], 4) for k, v in report.checks.items()}}
         print(json.dumps({spec.name: summary[spec.name]}), file=sys.stderr)
+    if args.activations_only:
+        print(json.dumps({"activations": str(cache.dir), "examples": len(cache.index)}))
+        return 0
     print(json.dumps({"detectors": summary, "out": str(out)}, indent=None if args.json else 2))
     return 0
 
@@ -181,6 +186,8 @@ def register(sub) -> None:
     cal.add_argument("--max-per-file", type=int, default=1000, help="examples sampled per labelled file")
     cal.add_argument("--max-benign-per-file", type=int, default=3000)
     cal.add_argument("--no-loso", action="store_true", help="skip leave-one-source-out fits")
+    cal.add_argument("--activations-only", action="store_true",
+                     help="only compute and cache the examples' activations (e.g. while an SAE trains), then stop")
     cal.add_argument("--model", default=DEFAULT_MODEL_ID)
     cal.add_argument("--layer", type=int, default=DEFAULT_LAYER)
     cal.add_argument("--context", type=int, default=256)

@@ -71,3 +71,37 @@ def test_eval_rejects_a_malformed_file(tmp_path, capsys):
     bad.write_text('{"text": "hi", "label": 1}\n{"text": "no label"}\n')
     assert main(["eval", "--data", str(bad), "--json"]) == 2
     assert "bad.jsonl:2" in capsys.readouterr().err
+
+
+def test_activations_only_fills_a_bfloat16_cache_close_to_float32(default_model, tmp_path, monkeypatch, capsys):
+    """`calibrate --activations-only --compute-dtype bfloat16` caches every example and writes no spec; the
+    bf16-autocast activations are within 2 % (relative) of the float32 ones."""
+    import numpy as np
+
+    from detectors.activations import ActivationCache
+    from detectors.data import load_file
+    from monitor import cli_detectors
+
+    data_dir = tmp_path / "data"
+    _write(data_dir / "benign" / "alpaca_instructions.jsonl", [{"text": t, "label": 0} for t in NEUTRAL[:4]])
+    _write(data_dir / "benign" / "refusal_direction_harmless_chat.jsonl",
+           [{"text": t, "label": 0, "prompt": t, "response": "Sure."} for t in NEUTRAL[4:]])
+    train_file = _write(tmp_path / "prize.jsonl", _rows(12, seed=1))
+    caches = {}
+
+    def cache_in_tmp(lm, args):
+        caches[args.compute_dtype] = ActivationCache(tmp_path / "cache", lm.model_id, args.layer, args.context,
+                                                     compute_dtype=args.compute_dtype)
+        return caches[args.compute_dtype]
+
+    monkeypatch.setattr(cli_detectors, "_cache", cache_in_tmp)
+    for dtype in ("bfloat16", "float32"):
+        assert main(["calibrate", "--concepts", "prize", "--data", str(train_file), "--data-dir", str(data_dir),
+                     "--out", str(tmp_path / "specs"), "--activations-only", "--compute-dtype", dtype, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["examples"] == 12 + len(NEUTRAL)
+    assert not (tmp_path / "specs").exists()
+    assert caches["bfloat16"].dir != caches["float32"].dir
+    for e in load_file(train_file):
+        a32, a16 = (np.asarray(caches[d].get(e.key).acts[1:], dtype=np.float32) for d in ("float32", "bfloat16"))
+        rel = np.linalg.norm(a16 - a32, axis=1) / np.linalg.norm(a32, axis=1)
+        assert 0 < rel.mean() < 0.02
