@@ -100,7 +100,7 @@ def _groups(ex: list[Example]) -> np.ndarray:
 def calibrate_concept(concept: str, examples: list[Example], benign: list[Example], cache: ActivationCache, sae, *,
                       checks: list[Example] = (),
                       model_id: str, hook: str, dataset_paths: list[Path], cfg: CalibrationConfig = CalibrationConfig(),
-                      disc: DiscoveryConfig = DiscoveryConfig(), progress: bool = True) -> tuple[DetectorSpec, DetectorReport]:
+                      disc: DiscoveryConfig = DiscoveryConfig(), progress: bool = True) -> tuple[DetectorSpec, DetectorReport]:  # noqa: B008 -- frozen
     """Fit, threshold and evaluate the detector for ``concept`` (see module docstring)."""
     split = by_split(examples)
     benign_split = by_split(benign)

@@ -71,17 +71,17 @@ def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: 
         "",
         f"Status: **{spec.status}**" + (f": {spec.status_reason}" if spec.status_reason else ""),
         "",
-        f"SAE `{spec.sae_sha256[:16]}…`, {len(spec.latents)} latents, `{spec.aggregation}` over `{spec.span}` tokens, "
+        (f"SAE `{spec.sae_sha256[:16]}…`, {len(spec.latents)} latents, `{spec.aggregation}` over `{spec.span}` tokens, "
         f"threshold {spec.threshold:.4f} (target FPR {spec.calibration.target_fpr:g} with "
         f"{1 - spec.calibration.model_extra.get('delta', 0.05):.0%} confidence on {report.n_benign_calibration} benign "
-        "calibration samples).",
+        "calibration samples)."),
         "",
         f"![ROC, precision-recall and score histograms]({png.name})",
         "",
         "| set | n pos | n neg | AUROC [95% CI] | recall [CI] | FPR [CI] | dense probe AUROC |",
         "|---|---:|---:|---|---|---|---:|",
-        f"| test split | {t['n_pos']} | {t['n_neg']} | {t['auroc']:.3f} {_ci(t['auroc_ci'])} | "
-        f"{t['recall']:.3f} {_ci(t['recall_ci'])} | {t['fpr']:.3f} {_ci(t['fpr_ci'])} | {report.probe['auroc']:.3f} |",
+        (f"| test split | {t['n_pos']} | {t['n_neg']} | {t['auroc']:.3f} {_ci(t['auroc_ci'])} | "
+        f"{t['recall']:.3f} {_ci(t['recall_ci'])} | {t['fpr']:.3f} {_ci(t['fpr_ci'])} | {report.probe['auroc']:.3f} |"),
     ]
     for src, m in report.test_by_source.items():
         pa = report.probe_test_by_source.get(src, {}).get("auroc", float("nan"))

@@ -113,7 +113,7 @@ def file_sequences(tokenizer, path: Path, *, context: int = 256, limit: int | No
     elif path.suffix == ".jsonl":
         for n, row in enumerate(read_jsonl(path)):
             if not isinstance(row, dict) or not isinstance(row.get("text", row.get("prompt")), str):
-                raise ValueError(f"{path}:{n + 1}: each row needs a string 'text' (or 'prompt' and 'response')")
+                raise ValueError(f"{path}:{n + 1}: each row needs a string 'text' (or 'prompt' and 'response')")  # noqa: TRY004
             messages = row_messages(row)
             chat = fmt == "chat" or (fmt == "auto" and (len(messages) > 1 or "prompt" in row))
             if chat:

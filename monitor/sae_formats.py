@@ -185,8 +185,8 @@ def read_dictionary_learning(d: Path) -> tuple[SAEConfig, dict[str, torch.Tensor
     trainer = raw.get("trainer", raw)
     cls = trainer.get("dict_class", "AutoEncoder")
     sd = torch.load(d / "ae.pt", map_location="cpu", weights_only=True)
-    common = dict(source_format="dictionary_learning", model_name=str(trainer.get("lm_name", "")),
-                  hook_name=str(trainer.get("submodule_name", "")))
+    common = {"source_format": "dictionary_learning", "model_name": str(trainer.get("lm_name", "")),
+                  "hook_name": str(trainer.get("submodule_name", ""))}
     k = None
     threshold = None
     if cls == "AutoEncoder":

@@ -58,8 +58,8 @@ def steer(lm, sae, prompt: str, *, latent: int, target: float, layer: int = 15, 
                                            ["input_ids"])])[None]
     else:
         ids = torch.tensor(lm.tokenizer(prompt, add_special_tokens=False)["input_ids"])[None]
-    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id,
-              attention_mask=torch.ones_like(ids))
+    kw = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": lm.tokenizer.pad_token_id,
+              "attention_mask": torch.ones_like(ids)}
     plain = lm.model.generate(ids, **kw)[0, ids.shape[1]:]
     handle = resolve_module(lm.model, f"model.layers.{layer}").register_forward_hook(LatentClamp(sae, latent, target))
     try:

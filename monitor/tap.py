@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 
@@ -49,7 +50,7 @@ def resolve_module(model: torch.nn.Module, path: str) -> torch.nn.Module:
                 "set module_path to the decoder layer list of this architecture, e.g. 'transformer.h.{layer}'"
             ) from None
     if not isinstance(node, torch.nn.Module):
-        raise ValueError(f"module path {path!r} names a {type(node).__name__}, not a module")
+        raise ValueError(f"module path {path!r} names a {type(node).__name__}, not a module")  # noqa: TRY004 -- a config error
     return node
 
 
@@ -273,7 +274,7 @@ class ActivationTap:
         )
         try:
             self.sink(batch)
-        except Exception as exc:  # a broken sink must not kill the tap thread
+        except Exception as exc:  # noqa: BLE001 -- a broken sink must not kill the tap thread
             self.stats.sink_errors += 1
             self.last_sink_error = exc
 
@@ -298,7 +299,7 @@ class ActivationTap:
             self._queue.put(None)
             self._worker.join(timeout)
 
-    def __enter__(self) -> ActivationTap:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

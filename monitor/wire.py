@@ -262,8 +262,8 @@ def _parse_metadata(metadata: object, limits: WireLimits) -> dict:
         ids.append(r["id"])
         final.append(r.get("final", False))
     extra = {k: v for k, v in metadata.items() if k not in ("schema", "model", "hook", "sae_sha256", "requests")}
-    return dict(request_ids=ids, final=final, model=metadata["model"], hook=metadata["hook"],
-                sae_sha256=metadata.get("sae_sha256", ""), extra_metadata=extra)
+    return {"request_ids": ids, "final": final, "model": metadata["model"], "hook": metadata["hook"],
+                "sae_sha256": metadata.get("sae_sha256", ""), "extra_metadata": extra}
 
 
 def _validate(b: ActivationBatch, limits: WireLimits) -> None:

@@ -68,13 +68,13 @@ def test_threshold_guarantee_holds_on_synthetic_benign_scores(dist):
     for _ in range(trials):
         if dist == "normal":
             s = rng.normal(size=n)
-            true_fpr = lambda t: norm.sf(t)  # noqa: E731
+            true_fpr = lambda t: norm.sf(t)
         elif dist == "exponential":
             s = rng.exponential(size=n)
-            true_fpr = lambda t: np.exp(-t)  # noqa: E731
+            true_fpr = lambda t: np.exp(-t)
         else:
             s = np.where(rng.random(n) < 0.5, rng.normal(-2, 0.5, n), rng.normal(2, 0.5, n))
-            true_fpr = lambda t: 0.5 * norm.sf(t, -2, 0.5) + 0.5 * norm.sf(t, 2, 0.5)  # noqa: E731
+            true_fpr = lambda t: 0.5 * norm.sf(t, -2, 0.5) + 0.5 * norm.sf(t, 2, 0.5)
         choice = conformal_threshold(s, target, delta)
         exceed += true_fpr(choice.threshold) > target
     rate = exceed / trials

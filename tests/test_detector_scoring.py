@@ -13,8 +13,8 @@ SHA = "ab" * 32
 
 
 def spec(name="scam", latents=(5, 2, 9), weights=(1.0, -0.5, 2.0), **kw) -> DetectorSpec:
-    base = dict(name=name, concept=name, model="m", hook="blocks.15.hook_resid_post", sae_sha256=SHA,
-                latents=list(latents), weights=list(weights), bias=-1.0, threshold=0.5)
+    base = {"name": name, "concept": name, "model": "m", "hook": "blocks.15.hook_resid_post", "sae_sha256": SHA,
+                "latents": list(latents), "weights": list(weights), "bias": -1.0, "threshold": 0.5}
     base.update(kw)
     return DetectorSpec(**base)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +42,7 @@ def _docs(tokenizer) -> list[Document]:
 
 def test_collection_resumes_where_it_stopped(default_model, tmp_path):
     docs = _docs(default_model.tokenizer)
-    cfg = dict(layer=3, batch_size=2, shard_tokens=40)
+    cfg = {"layer": 3, "batch_size": 2, "shard_tokens": 40}
     whole = collect(default_model, docs, tmp_path / "whole", CollectConfig(target_tokens=10_000, **cfg), progress=False)
     # First run stops early (target reached after the first batch); the second resumes.
     part = collect(default_model, docs, tmp_path / "part", CollectConfig(target_tokens=5, **cfg), progress=False)
@@ -93,7 +92,8 @@ def test_tiny_training_run_learns_and_exports_an_exact_jumprelu(tmp_path):
 
     untrained = to_frozen(BatchTopKSAE(32, 256, 8), 1.0, model_name="m", hook_name="h", metadata={})
     sae = train_sae(store, tmp_path, cfg, model_name="m", hook_name="h", progress=False)
-    assert fvu(sae) < 0.2 < 0.5 < fvu(untrained)
+    assert fvu(sae) < 0.2
+    assert fvu(untrained) > 0.5
     assert sae.cfg.architecture == "jumprelu"
     l0 = float((sae.encode(x) > 0).sum(1).float().mean())
     assert 2 < l0 < 20, f"L0 {l0} should be near k=8"

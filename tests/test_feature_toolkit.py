@@ -8,7 +8,15 @@ import torch
 
 from monitor.artifacts import default_sae_dir
 from monitor.encode_text import tap_text
-from monitor.features import FeatureIndex, build_index, latent_contexts, neighbors, render_html, render_terminal, search
+from monitor.features import (
+    FeatureIndex,
+    build_index,
+    latent_contexts,
+    neighbors,
+    render_html,
+    render_terminal,
+    search,
+)
 from monitor.sae import FrozenSAE
 from monitor.steer import LatentClamp, steer
 
@@ -32,7 +40,7 @@ def index(default_model, sae, tmp_path_factory):
 
 
 def test_index_statistics_match_a_direct_computation(index, sae):
-    idx, docs, acts = index
+    idx, _docs, acts = index
     z = [sae.encode(torch.from_numpy(a[1:].astype(np.float32))) for a in acts]
     allz = torch.cat(z)
     assert idx.n_tokens == allz.shape[0]
@@ -46,7 +54,7 @@ def test_index_statistics_match_a_direct_computation(index, sae):
 
 
 def test_top_contexts_highlight_the_peak_token(index, sae, default_model):
-    idx, docs, _ = index
+    idx, _docs, _ = index
     lat = int(np.argmax(idx.max_activation))
     ctxs = latent_contexts(idx, sae, default_model, lat, n=2, layer=LAYER)
     assert ctxs and ctxs[0].values[ctxs[0].peak] == pytest.approx(ctxs[0].value, rel=2e-2)
