@@ -166,16 +166,17 @@ def _batch_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, 
 class ActivationStore:
     """All collected activations in memory (float16), shuffled per epoch, outliers removed."""
 
-    def __init__(self, shards: list[np.ndarray], max_norm_ratio: float, seed: int) -> None:
+    def __init__(self, shards: list[np.ndarray], max_norm_ratio: float, seed: int, chunk: int = 1 << 18) -> None:
         data = torch.from_numpy(np.concatenate([np.asarray(s) for s in shards]))
-        norms = data.float().norm(dim=1)
-        median = norms.median()
-        keep = norms <= max_norm_ratio * median
+        # Statistics chunk by chunk: a float32 copy of millions of tokens would double the peak memory.
+        norms = torch.cat([data[i : i + chunk].float().norm(dim=1) for i in range(0, len(data), chunk)])
+        keep = norms <= max_norm_ratio * norms.median()
         self.n_outliers = int((~keep).sum())
-        self.data = data[keep]
-        norms = norms[keep]
-        self.mean_norm = float(norms.mean())
-        self.mean = self.data.float().mean(dim=0)
+        self.data = data[keep] if self.n_outliers else data
+        del data
+        self.mean_norm = float(norms[keep].double().mean())
+        self.mean = sum(self.data[i : i + chunk].double().sum(dim=0) for i in range(0, len(self.data), chunk))
+        self.mean = (self.mean / max(1, len(self.data))).float()
         self.gen = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
