@@ -34,8 +34,8 @@ class DiscoveryConfig:
     """Latents (strongest by single-latent AUROC) offered to the L1 model. Many weak latents can
     together beat a few strong ones: on the starter SAE, 1024 candidates instead of 256 raised the
     test AUROC of the scam detector (mean over the prompt) from 0.954 to 0.990."""
-    c_grid: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-    """Inverse L1 strengths tried."""
+    c_grid: tuple[float, ...] = (0.003, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 1.0, 3.0)
+    """Inverse L1 strengths tried (about two per factor of 3 where the latent count crosses 32)."""
     folds: int = 5
     """Grouped cross-validation folds."""
 
