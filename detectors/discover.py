@@ -8,6 +8,12 @@
 3. Refit an L2 logistic model on the kept latents and fold the standardisation into its weights, so
    the detector is ``bias + sum_j w_j * f_j`` on raw aggregated latent values.
 
+Standardising divides by each latent's spread, floored at a tenth of its mean magnitude
+(``_feature_scale``): a latent that fires on every example with almost the same value (one that fires
+on the chat template's system prompt, say) has a tiny spread on the train split, and plain
+standardisation turned its noise into weights in the thousands, which then exploded on traffic where
+that value moved a little (a detector with a 1 % FPR threshold above every positive).
+
 The span (which tokens) and aggregation (max or mean) are chosen the same way, by grouped CV AUROC.
 """
 
@@ -91,13 +97,19 @@ def _cv_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, penalt
     return auroc(scores, y)
 
 
+def _feature_scale(x: np.ndarray) -> np.ndarray:
+    """Per-column divisor for standardisation: the standard deviation, floored at a tenth of the mean
+    magnitude (see the module docstring) and at 1e-6."""
+    return np.maximum(x.std(0), np.maximum(0.1 * np.abs(x).mean(0), 1e-6))
+
+
 def fit_detector(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                  cfg: DiscoveryConfig = DiscoveryConfig()) -> LinearDetector:
     """Select at most ``cfg.max_latents`` latents and fit the linear detector (see module docstring)."""
     labels = np.asarray(labels).astype(int)
     cand = [r.latent for r in rank_latents(features, labels, cfg.candidates)]
     x = features[:, cand]
-    mu, sd = x.mean(0), x.std(0) + 1e-6
+    mu, sd = x.mean(0), _feature_scale(x)
     xs = (x - mu) / sd
     best: tuple[float, list[int]] | None = None
     for c in cfg.c_grid:

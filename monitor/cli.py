@@ -130,16 +130,24 @@ def cmd_sae_eval(args: argparse.Namespace) -> int:
                                   fmt=args.format)
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from None
-        source = args.data
+        source, extra = args.data, []
     else:
         docs = build_documents(lm.tokenizer, default_data_dir(), context=args.context)
-        seqs = [d.input_ids for d in docs if d.split == "test"][: args.limit]
+        held_out = [d.input_ids for d in docs if d.split == "test"]
+        seqs = held_out[: args.limit]
+        extra, n = [], sum(len(s) - 1 for s in seqs)
+        for s in held_out[args.limit :]:
+            if n >= args.activation_tokens:
+                break
+            extra.append(s)
+            n += len(s) - 1
         source = "held-out (test split) documents of the training token stream"
     if not seqs:
         raise UsageError("no sequences of at least 2 tokens to evaluate")
     if args.threads:
         torch.set_num_threads(args.threads)
-    metrics = evaluate_sae(lm, sae, seqs, layer=args.layer, progress=not args.json)
+    metrics = evaluate_sae(lm, sae, seqs, layer=args.layer, progress=not args.json,
+                           activation_sequences=extra)
     result = {**metrics.to_dict(), "sae_sha256": sae.sha256, "data": source}
     if args.write_metrics:
         out = Path(args.sae or "") / "metrics.json" if args.sae else None
@@ -299,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how .jsonl rows become sequences (auto: chat when a row has turns)")
     ev.add_argument("--limit", type=int, default=400, help="sequences evaluated")
     ev.add_argument("--context", type=int, default=256, help="tokens per sequence")
+    ev.add_argument("--activation-tokens", type=int, default=250_000,
+                    help="held-out tokens for FVU, L0 and dead latents (read to layer L only; CE and KL use "
+                         "--limit sequences); ignored with --data")
     ev.add_argument("--model", default=DEFAULT_MODEL_ID)
     ev.add_argument("--layer", type=int, default=DEFAULT_LAYER)
     ev.add_argument("--threads", type=int, default=0)

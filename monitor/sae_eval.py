@@ -4,7 +4,10 @@ Two kinds of numbers:
 
 * activation level, on held-out tokens: fraction of variance unexplained
   ``FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``, mean L0 (active latents per token), and the
-  dead fraction (latents never active on the evaluated tokens);
+  dead fraction (latents never active on the evaluated tokens). A rare latent fires once in tens of
+  thousands of tokens, so "never active" needs many tokens to mean "dead": ``activation_sequences``
+  adds sequences read only to layer L (cheap) to the token set of these three numbers; the CLI
+  reads 250k held-out tokens, the window training uses to call a latent dead;
 * model level: next-token cross-entropy with the SAE reconstruction spliced into the residual stream
   at layer L, against the clean model and against zero-ablating that layer's output:
   ``CE loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean)``, and the mean KL divergence
@@ -48,9 +51,11 @@ class SAEMetrics:
     kl_div: float
     """Mean KL(clean || spliced) per scored token (nats)."""
     n_tokens: int
-    """Tokens scored (position 0 and padding excluded)."""
+    """Tokens scored for CE and KL (position 0 and padding excluded)."""
     n_sequences: int
-    """Sequences evaluated."""
+    """Sequences scored for CE and KL."""
+    n_activation_tokens: int = 0
+    """Tokens FVU, L0 and the dead fraction are measured on (these and the extra activation sequences)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,10 +82,38 @@ class _Splice:
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
 
+class _ActivationStats:
+    """Running FVU, L0 and fired-latent statistics over batches of activations."""
+
+    def __init__(self, sae: FrozenSAE) -> None:
+        self.sae = sae
+        self.sse = self.sum_x2 = self.l0_sum = 0.0
+        self.sum_x: torch.Tensor | float = 0.0
+        self.n = 0
+        self.fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.float()
+        z = self.sae.encode(x)
+        self.sse += float((x - self.sae.decode(z)).pow(2).sum())
+        self.sum_x = self.sum_x + x.sum(0).double()
+        self.sum_x2 += float(x.double().pow(2).sum())
+        self.n += x.shape[0]
+        active = z > 0
+        self.l0_sum += float(active.sum())
+        self.fired |= active.any(0).cpu()
+
+    def fvu(self) -> float:
+        total_var = self.sum_x2 - float((self.sum_x * self.sum_x).sum()) / self.n
+        return self.sse / total_var
+
+
 @torch.no_grad()
 def evaluate_sae(lm: LoadedModel, sae: FrozenSAE, sequences: list[torch.Tensor], *, layer: int,
-                 batch_size: int = 8, module_path: str = "model.layers.{layer}", progress: bool = True) -> SAEMetrics:
-    """Evaluate ``sae`` on ``sequences`` (each ``[n]`` int64 token ids, n >= 2) read by ``lm``."""
+                 activation_sequences: list[torch.Tensor] = (), batch_size: int = 8,
+                 module_path: str = "model.layers.{layer}", progress: bool = True) -> SAEMetrics:
+    """Evaluate ``sae`` on ``sequences`` (each ``[n]`` int64 token ids, n >= 2) read by ``lm``;
+    ``activation_sequences`` only add tokens to FVU, L0 and the dead fraction (see the module docstring)."""
     module = resolve_module(lm.model, module_path.format(layer=layer))
     splice = _Splice(sae)
     captured: list[torch.Tensor] = []
@@ -91,10 +124,7 @@ def evaluate_sae(lm: LoadedModel, sae: FrozenSAE, sequences: list[torch.Tensor],
 
     handles = [module.register_forward_hook(capture), module.register_forward_hook(splice)]
     pad = lm.tokenizer.pad_token_id or 0
-    sse = sum_x = sum_x2 = 0.0
-    n_act = 0
-    l0_sum = 0.0
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    stats = _ActivationStats(sae)
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     kl_sum = 0.0
     n_scored = 0
@@ -123,28 +153,29 @@ def evaluate_sae(lm: LoadedModel, sae: FrozenSAE, sequences: list[torch.Tensor],
                 ce[mode] += float(nll[score].sum())
                 logp[mode] = lp[score]
                 if mode == "clean":
-                    x = captured[0][valid].float()
-                    z = sae.encode(x)
-                    x_hat = sae.reconstruct(x)
-                    sse += float((x - x_hat).pow(2).sum())
-                    sum_x = sum_x + x.sum(0).double()
-                    sum_x2 += float(x.double().pow(2).sum())
-                    n_act += x.shape[0]
-                    active = z > 0
-                    l0_sum += float(active.sum())
-                    fired |= active.any(0).cpu()
+                    stats.add(captured[0][valid])
             kl_sum += float((logp["clean"].exp() * (logp["clean"] - logp["sae"])).sum())
             n_scored += int(score.sum())
     finally:
         for h in handles:
             h.remove()
-    if n_act == 0 or n_scored == 0:
+    if stats.n == 0 or n_scored == 0:
         raise ValueError("no tokens to evaluate: give sequences of at least 2 tokens")
-    total_var = sum_x2 - float((sum_x * sum_x).sum()) / n_act
+    n_ce_tokens = stats.n
+    if activation_sequences:
+        from monitor.sequence_runner import tap_sequences
+
+        bar = tqdm(total=sum(len(s) for s in activation_sequences), disable=not progress, unit="tok",
+                   unit_scale=True, desc="eval SAE: more tokens for FVU, L0, dead latents")
+        for results in tap_sequences(lm, layer, activation_sequences, batch_size=batch_size, dtype=torch.float32):
+            for _, batch in results:
+                stats.add(batch.activations[batch.positions > 0])
+                bar.update(batch.n_tokens)
+        bar.close()
     ce_clean, ce_sae, ce_zero = (ce[m] / n_scored for m in ("clean", "sae", "zero"))
     return SAEMetrics(
-        fvu=sse / total_var, l0=l0_sum / n_act, dead_fraction=float((~fired).float().mean()),
+        fvu=stats.fvu(), l0=stats.l0_sum / stats.n, dead_fraction=float((~stats.fired).float().mean()),
         ce_clean=ce_clean, ce_sae=ce_sae, ce_zero=ce_zero,
         ce_loss_recovered=(ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
-        kl_div=kl_sum / n_scored, n_tokens=n_act, n_sequences=len(sequences),
+        kl_div=kl_sum / n_scored, n_tokens=n_ce_tokens, n_sequences=len(sequences), n_activation_tokens=stats.n,
     )

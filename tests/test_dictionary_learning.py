@@ -212,3 +212,20 @@ def test_ce_loss_recovered_on_exact_and_zero_reconstructions(default_model):
     assert zero.fvu >= 1.0  # reconstructing 0 explains nothing (and misses the mean too)
     assert zero.dead_fraction == 1.0 and zero.l0 == 0.0
     assert exact.n_tokens == sum(len(s) - 1 for s in seqs)
+
+
+def test_extra_activation_sequences_widen_only_the_activation_metrics(default_model):
+    tok = default_model.tokenizer
+    seqs = [torch.tensor(tok(t, add_special_tokens=False)["input_ids"]) for t in TEXTS[:3]]
+    extra = [torch.tensor(tok(t, add_special_tokens=False)["input_ids"]) for t in TEXTS[3:6]]
+    # One latent per sign of each dimension: a latent fires when its sign appears, so more tokens
+    # can only wake latents up; the reconstruction stays exact on every token.
+    sae = _identity_sae(default_model.d_model)
+    few = evaluate_sae(default_model, sae, seqs, layer=5, progress=False)
+    more = evaluate_sae(default_model, sae, seqs, layer=5, activation_sequences=extra, progress=False)
+    assert more.n_activation_tokens == few.n_activation_tokens + sum(len(s) - 1 for s in extra)
+    assert (more.n_tokens, more.ce_sae, more.kl_div) == (few.n_tokens, few.ce_sae, few.kl_div)
+    assert more.dead_fraction <= few.dead_fraction and more.fvu < 1e-6
+    zero = evaluate_sae(default_model, _zero_sae(default_model.d_model), seqs, layer=5, activation_sequences=extra,
+                        progress=False)
+    assert zero.dead_fraction == 1.0 and zero.fvu >= 1.0
