@@ -229,3 +229,17 @@ def test_extra_activation_sequences_widen_only_the_activation_metrics(default_mo
     zero = evaluate_sae(default_model, _zero_sae(default_model.d_model), seqs, layer=5, activation_sequences=extra,
                         progress=False)
     assert zero.dead_fraction == 1.0 and zero.fvu >= 1.0
+
+
+def test_outlier_tokens_are_left_out_of_the_activation_metrics():
+    from monitor.sae_eval import _ActivationStats
+
+    sae = _zero_sae(4)
+    stats = _ActivationStats(sae, max_norm_ratio=10.0)
+    x = torch.randn(50, 4)
+    x[7] *= 1000  # an attention-sink-like token
+    stats.add(x)
+    assert (stats.n, stats.n_outliers) == (49, 1)
+    kept = torch.cat([x[:7], x[8:]])
+    expected = float(kept.pow(2).sum() / (kept - kept.mean(0)).pow(2).sum())
+    assert stats.fvu() == pytest.approx(expected, rel=1e-5)
