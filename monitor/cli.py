@@ -100,7 +100,7 @@ def cmd_sae_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(f"training on {len(store):,} tokens from {acts_dir} -> {out}", file=sys.stderr)
     sae = train_sae(store, out, cfg, model_name=manifest["model"], hook_name=manifest["hook"],
-                    dataset=f"{acts_dir.name}: corpus windows + chat-formatted labelled rows (train split)")
+                    device=args.device or None, dataset=f"{acts_dir.name}: corpus windows + chat-formatted labelled rows (train split)")
     print(json.dumps({"out": str(out / "final"), "sha256": sae.sha256}))
     return 0
 
@@ -297,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--activations", help="collection folder (default: the layer-15 train collection)")
     tr.add_argument("--max-tokens", type=int, default=0, help="use only the first N collected tokens")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    tr.add_argument("--device", help="torch device for the SAE, e.g. cpu or cuda:0 (default: CUDA when present)")
     tr.add_argument("--out", required=True, help="run folder: checkpoint.pt and final/ are written here")
     tr.set_defaults(func=cmd_sae_train)
 

@@ -128,7 +128,7 @@ class SelectedPreactivations(torch.autograd.Function):
         grad_xc = F.embedding_bag(cols, w_enc.t().contiguous(), offsets, mode="sum", per_sample_weights=grad)
         by_col = torch.argsort(cols, stable=True)
         col_counts = torch.bincount(cols, minlength=d_sae)
-        col_offsets = torch.cat([torch.zeros(1, dtype=torch.long), col_counts.cumsum(0)[:-1]])
+        col_offsets = torch.cat([col_counts.new_zeros(1), col_counts.cumsum(0)[:-1]])
         grad_w = F.embedding_bag(rows[by_col], xc, col_offsets, mode="sum", per_sample_weights=grad[by_col])
         grad_b = torch.bincount(cols, weights=grad, minlength=d_sae).to(grad.dtype)
         return grad_xc, grad_w.t(), grad_b, None, None, None, None
@@ -159,7 +159,7 @@ def _batch_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, 
     order = torch.argsort(rows, stable=True)
     rows, cols = rows[order], cols[order]
     counts = torch.bincount(rows, minlength=n)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
     return rows, cols, offsets
 
 
@@ -186,10 +186,17 @@ class ActivationStore:
         return torch.randperm(len(self), generator=self.gen)
 
 
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def train_sae(store: ActivationStore, out: Path, cfg: TrainConfig, *, model_name: str, hook_name: str,
-              progress: bool = True, dataset: str = "") -> FrozenSAE:
+              progress: bool = True, dataset: str = "", device: torch.device | str | None = None) -> FrozenSAE:
     """Train on ``store``, checkpointing to ``out/checkpoint.pt``; returns the FrozenSAE (JumpReLU,
-    scale folded in) and writes it to ``out/final`` in our format."""
+    scale folded in) and writes it to ``out/final`` in our format. ``device``: where the SAE and each
+    batch live (default: CUDA when present); the activations stay in host memory."""
+    device = torch.device(device) if device is not None else default_device()
     if cfg.compute_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"compute_dtype must be float32 or bfloat16, not {cfg.compute_dtype!r}")
     out.mkdir(parents=True, exist_ok=True)
@@ -199,25 +206,26 @@ def train_sae(store: ActivationStore, out: Path, cfg: TrainConfig, *, model_name
     sae = BatchTopKSAE(d_in, cfg.d_sae, cfg.k)
     with torch.no_grad():
         sae.b_dec.copy_(store.mean * scale)
+    sae.to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     steps_per_epoch = len(store) // cfg.batch_tokens
     total_steps = max(1, int(steps_per_epoch * cfg.epochs))
     decay_start = int(total_steps * (1 - cfg.decay_fraction))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * (
         1.0 if s < decay_start else max(0.0, (total_steps - s) / max(1, total_steps - decay_start))))
-    since_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
+    since_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
     step = 0
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=device)
         if state["config"] != asdict(cfg):
             raise ValueError(f"{ckpt} was written with a different config; delete it or use another --out")
         sae.load_state_dict(state["sae"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        since_fired = state["since_fired"]
+        since_fired = state["since_fired"].to(device)
         step = state["step"]
-        store.gen.set_state(state["gen"])
+        store.gen.set_state(state["gen"].cpu())
     order = store.epoch_order() if step == 0 else state["order"]
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train SAE", unit="step")
     t0, s0 = time.perf_counter(), step
@@ -225,9 +233,9 @@ def train_sae(store: ActivationStore, out: Path, cfg: TrainConfig, *, model_name
         pos = (step % steps_per_epoch) * cfg.batch_tokens
         if step > 0 and pos == 0:
             order = store.epoch_order()
-        x = store.data[order[pos : pos + cfg.batch_tokens]].float() * scale
+        x = store.data[order[pos : pos + cfg.batch_tokens]].to(device, non_blocking=True).float() * scale
         xc = x - sae.b_dec
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.compute_dtype == "bfloat16"):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.compute_dtype == "bfloat16"):
             pre = torch.relu(xc @ sae.W_enc + sae.b_enc).float()
         with torch.no_grad():
             rows, cols, offsets = _batch_topk(pre, cfg.k)
@@ -238,7 +246,7 @@ def train_sae(store: ActivationStore, out: Path, cfg: TrainConfig, *, model_name
         mse = err.pow(2).sum(dim=1).mean()
         fvu = err.pow(2).sum() / total_var
         dead = since_fired >= cfg.dead_after_tokens
-        aux = torch.zeros(())
+        aux = torch.zeros((), device=device)
         n_dead = int(dead.sum())
         if n_dead:
             aux_k = min(cfg.aux_k, n_dead)
@@ -246,7 +254,7 @@ def train_sae(store: ActivationStore, out: Path, cfg: TrainConfig, *, model_name
             dead_pre = torch.relu((x - sae.b_dec) @ sae.W_enc[:, dead_ids] + sae.b_enc[dead_ids])
             a_vals, a_idx = dead_pre.topk(aux_k, dim=1)
             flat_cols = dead_ids[a_idx].flatten()
-            a_offsets = torch.arange(0, x.shape[0] * aux_k, aux_k)
+            a_offsets = torch.arange(0, x.shape[0] * aux_k, aux_k, device=device)
             e_hat = F.embedding_bag(flat_cols, sae.W_dec, a_offsets, mode="sum", per_sample_weights=a_vals.flatten())
             target = err.detach()
             aux = (e_hat - target).pow(2).sum(dim=1).mean() / target.pow(2).sum(dim=1).mean().clamp_min(1e-8)
@@ -258,7 +266,7 @@ def train_sae(store: ActivationStore, out: Path, cfg: TrainConfig, *, model_name
         sched.step()
         sae.normalise_decoder()
         with torch.no_grad():
-            fired = torch.zeros(cfg.d_sae, dtype=torch.bool)
+            fired = torch.zeros(cfg.d_sae, dtype=torch.bool, device=device)
             fired[cols] = True
             since_fired += x.shape[0]
             since_fired[fired] = 0
@@ -276,6 +284,7 @@ def train_sae(store: ActivationStore, out: Path, cfg: TrainConfig, *, model_name
             os.replace(tmp, ckpt)
     bar.close()
     set_global_threshold(sae, store, scale, cfg.threshold_tokens)
+    sae.cpu()
     frozen = to_frozen(sae, scale, model_name=model_name, hook_name=hook_name, metadata={
         "training": {**asdict(cfg), "tokens_seen": step * cfg.batch_tokens, "steps": step,
                      "n_train_tokens": len(store), "outliers_removed": store.n_outliers},
@@ -292,7 +301,8 @@ def set_global_threshold(sae: BatchTopKSAE, store: ActivationStore, scale: float
     n = min(n_tokens, len(store))
     idx = torch.randperm(len(store), generator=torch.Generator().manual_seed(1))[:n]
     per_row = min(4 * sae.k, sae.W_enc.shape[1])
-    cands = torch.cat([sae.pre(store.data[idx[i : i + 4096]].float() * scale).topk(per_row, dim=1).values.flatten()
+    device = sae.W_enc.device
+    cands = torch.cat([sae.pre(store.data[idx[i : i + 4096]].to(device).float() * scale).topk(per_row, dim=1).values.flatten()
                        for i in range(0, n, 4096)])
     thr = float(cands.topk(sae.k * n).values.min())
     sae.threshold.fill_(thr)
