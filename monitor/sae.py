@@ -83,7 +83,8 @@ def weights_sha256(weights: dict[str, torch.Tensor], cfg: SAEConfig) -> str:
         t = weights[name].detach().contiguous().cpu()
         h.update(f"\0{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
         # reshape(-1): a 0-d tensor (BatchTopK's global threshold) cannot be viewed as bytes directly.
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # hashlib reads the numpy buffer in place: no copy of tens of MB that would linger in the heap.
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
     return h.hexdigest()
 
 
