@@ -69,7 +69,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.benign:
         benign += [e for p in args.benign for e in load_file(Path(p))]
     cfg = CalibrationConfig(target_fpr=args.target_fpr, leave_one_source_out=not args.no_loso)
-    disc = DiscoveryConfig(max_latents=args.max_latents, candidates=args.candidates)
+    disc = DiscoveryConfig(max_latents=args.max_latents, candidates=args.candidates or DiscoveryConfig.candidates)
     summary = {}
     for concept in args.concepts:
         checks = []
@@ -170,7 +170,6 @@ def _add_compute_dtype(parser: argparse.ArgumentParser) -> None:
 def register(sub) -> None:
     """Add ``calibrate`` and ``eval`` to the CLI's sub-parsers."""
     from detectors.data import CONCEPT_FILES
-    from detectors.discover import DiscoveryConfig
     from monitor.models import DEFAULT_LAYER, DEFAULT_MODEL_ID
 
     cal = sub.add_parser("calibrate", help="discover latents, fit and calibrate detectors, write specs and reports")
@@ -184,8 +183,8 @@ def register(sub) -> None:
     cal.add_argument("--docs", default="docs/calibration", help="where reports and plots go")
     cal.add_argument("--target-fpr", type=float, default=0.01)
     cal.add_argument("--max-latents", type=int, default=32)
-    cal.add_argument("--candidates", type=int, default=DiscoveryConfig.candidates,
-                     help="strongest single latents offered to the L1 selection")
+    cal.add_argument("--candidates", type=int, default=None,
+                     help="strongest single latents offered to the L1 selection (default: 1024)")
     cal.add_argument("--max-per-file", type=int, default=1000, help="examples sampled per labelled file")
     cal.add_argument("--max-benign-per-file", type=int, default=3000)
     cal.add_argument("--no-loso", action="store_true", help="skip leave-one-source-out fits")

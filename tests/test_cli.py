@@ -69,3 +69,15 @@ def test_steer_needs_exactly_one_target(capsys):
 def test_a_bad_latent_id_is_a_clear_error(capsys, sae):
     assert main(["features", "top", str(sae.cfg.d_sae + 5)]) == 2
     assert "latent must be in" in capsys.readouterr().err
+
+
+def test_building_the_cli_imports_no_offline_libraries():
+    """Every command, `serve` included, builds the whole parser: importing scikit-learn/scipy there
+    once cost the sidecar ~90 MB of resident memory. Offline libraries load inside their commands."""
+    import subprocess
+    import sys
+
+    code = ("import sys, monitor.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('sklearn', 'scipy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
