@@ -115,6 +115,11 @@ class KafkaAlertPublisher:
         self._producer_failures = 0
         self._producer_retry_at = 0.0
         self._inflight: dict[int, OutboxRow] = {}
+        self._sent_at: dict[int, float] = {}
+        # A send neither acknowledged nor failed this long after it was handed to the producer means
+        # the producer is wedged (seen with kafka-python after a broker restart: a batch that never
+        # expires); the producer is then replaced and the row retried.
+        self._stuck_after_s = (self.config.delivery_timeout_ms + self.config.request_timeout_ms) / 1000 + 1.0
         self._done: queue.SimpleQueue[tuple[int, BaseException | None]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -200,6 +205,7 @@ class KafkaAlertPublisher:
 
     def _step(self) -> None:
         self._apply_completions()
+        self._check_stuck(time.monotonic())
         now = time.time()
         if now - self._last_prune > 60:
             self._last_prune = now
@@ -238,6 +244,7 @@ class KafkaAlertPublisher:
                 self._drop_producer(exc)
             return False
         self._inflight[row.seq] = row
+        self._sent_at[row.seq] = time.monotonic()
         seq = row.seq
         future.add_callback(lambda _md, seq=seq: self._completed(seq, None))
         future.add_errback(lambda exc, seq=seq: self._completed(seq, exc))
@@ -257,6 +264,7 @@ class KafkaAlertPublisher:
             except queue.Empty:
                 break
             row = self._inflight.pop(seq, None)
+            self._sent_at.pop(seq, None)
             if row is None:
                 continue
             if exc is None:
@@ -322,6 +330,16 @@ class KafkaAlertPublisher:
         if self._inflight:
             self._record_failures([(row, exc) for row in self._inflight.values()])
             self._inflight.clear()
+            self._sent_at.clear()
+
+    def _check_stuck(self, now: float) -> None:
+        """Replace the producer if a send has been outstanding past the delivery and request timeouts."""
+        if self._producer is None or not self._sent_at:
+            return
+        oldest = min(self._sent_at.values())
+        if now - oldest > self._stuck_after_s:
+            self._drop_producer(StuckSendError(f"a send got no answer in {now - oldest:.1f} s "
+                                               f"(delivery + request timeouts: {self._stuck_after_s - 1:.1f} s)"))
 
     def _idle_wait(self, now: float) -> float:
         if self._inflight:
@@ -334,6 +352,10 @@ class KafkaAlertPublisher:
     def _sleep(self, seconds: float) -> None:
         self._wake.wait(seconds)
         self._wake.clear()
+
+
+class StuckSendError(Exception):
+    """The producer neither acknowledged nor failed a send within its own timeouts."""
 
 
 def _is_fatal(exc: BaseException) -> bool:

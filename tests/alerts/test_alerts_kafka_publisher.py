@@ -232,3 +232,51 @@ def test_steady_state_emit_to_ack_latency(tmp_path, kafka_broker, topic, record_
         emit_to_ack_p50_ms=round(p50, 2),
         emit_to_ack_p99_ms=round(p99, 2),
     )
+
+
+class _SilentProducer(_ScriptedProducer):
+    """Accepts every send and never answers: a wedged KafkaProducer (no callback, no errback)."""
+
+    def send(self, topic, key, value, headers):
+        self.sends.append((key.decode(), dict(headers)["event_id"].decode(), False))
+        return _Never()
+
+
+class _Never:
+    def add_callback(self, fn):
+        return self
+
+    def add_errback(self, fn):
+        return self
+
+
+def test_a_producer_that_never_answers_is_replaced(tmp_path):
+    """Unit test: a send outstanding past the delivery and request timeouts means the producer is
+    wedged (seen after a broker restart); it is recreated and the alert delivered by the new one."""
+    import time
+
+    producers = [_SilentProducer(set()), _ScriptedProducer(set())]
+    made = []
+
+    def factory(settings):
+        made.append(producers[min(len(made), 1)])
+        return made[-1]
+
+    outbox = AlertOutbox(tmp_path / "o.sqlite3")
+    publisher = KafkaAlertPublisher(
+        outbox,
+        KafkaConnection(),
+        PublisherConfig(retry_initial_s=0.05, retry_max_s=0.1, delivery_timeout_ms=300, request_timeout_ms=200,
+                        poll_interval_s=0.05),
+        producer_factory=factory,
+    )
+    alert = make_alert(0)
+    with AlertPipeline(outbox=outbox, publisher=publisher) as pipeline:
+        t0 = time.monotonic()
+        pipeline.emit(alert)
+        assert pipeline.flush(10)
+        waited = time.monotonic() - t0
+    assert producers[0].sends == [(alert.request_id, alert.event_id, False)]
+    assert producers[1].sends == [(alert.request_id, alert.event_id, True)]
+    assert publisher.stats().producer_restarts_total == 1
+    assert 1.5 <= waited < 8, f"replaced after {waited:.2f} s; the stuck limit is 0.5 s + 1 s"
