@@ -150,8 +150,10 @@ def test_idle_requests_are_finalised(sae, sink):
     try:
         run(p, make_batch([("r1", 3, False), ("r2", 2, False)]))
         assert p.stats().active_requests == 2
-        wait_until(lambda: p.stats().active_requests == 0, timeout_s=5, what="idle finalisation")
-        assert p.metrics.requests_finished.labels("idle")._value.get() == 2
+        # The worker forgets the requests, then counts them: wait for the count, not only the removal.
+        wait_until(lambda: p.metrics.requests_finished.labels("idle")._value.get() == 2, timeout_s=5,
+                   what="idle finalisation")
+        assert p.stats().active_requests == 0
     finally:
         stop(p)
 
