@@ -115,7 +115,7 @@ class KafkaAlertPublisher:
         self._producer_failures = 0
         self._producer_retry_at = 0.0
         self._inflight: dict[int, OutboxRow] = {}
-        self._sent_at: dict[int, float] = {}
+        self._sent_at: dict[int, float] = {}  # seq -> monotonic send time, oldest first (insertion order)
         # A send neither acknowledged nor failed this long after it was handed to the producer means
         # the producer is wedged (seen with kafka-python after a broker restart: a batch that never
         # expires); the producer is then replaced and the row retried.
@@ -336,7 +336,7 @@ class KafkaAlertPublisher:
         """Replace the producer if a send has been outstanding past the delivery and request timeouts."""
         if self._producer is None or not self._sent_at:
             return
-        oldest = min(self._sent_at.values())
+        oldest = next(iter(self._sent_at.values()))
         if now - oldest > self._stuck_after_s:
             self._drop_producer(StuckSendError(f"a send got no answer in {now - oldest:.1f} s "
                                                f"(delivery + request timeouts: {self._stuck_after_s - 1:.1f} s)"))

@@ -99,9 +99,11 @@ class _ActivationStats:
         self.fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
 
     def add(self, x: torch.Tensor) -> None:
+        if len(x) == 0:
+            return
         x = x.float()
         norms = x.norm(dim=1)
-        keep = norms <= self.max_norm_ratio * norms.median() if len(x) else norms.bool()
+        keep = norms <= self.max_norm_ratio * norms.median()
         self.n_outliers += int((~keep).sum())
         x = x[keep]
         z = self.sae.encode(x)
