@@ -2,9 +2,10 @@
 
 Per concept, on the pair-aware splits of ``detectors.data``:
 
-* train split (the concept's examples plus benign traffic as extra negatives): choose span and
-  aggregation, select latents, fit the linear detector (``discover``), and fit the dense probe
-  baseline on the same examples and span (``probe``);
+* train split (the concept's examples plus every benign train row as extra negatives): choose span
+  and aggregation, select latents, fit the linear detector (``discover``), and fit the dense probe
+  baseline on the same examples and span (``probe``); both rank and choose by how they separate the
+  concept's own examples, while the benign rows teach them to stay quiet on everyday traffic;
 * calibration split: the threshold, from benign traffic (the ``benign/`` files and the concept's own
   negatives) at the target FPR with a one-sided guarantee (``thresholds``); severity cut-offs at
   a third, a tenth and a thirtieth of that FPR where enough benign samples exist;
@@ -56,9 +57,11 @@ class CalibrationConfig:
     """Also fit without each source and score that source."""
     n_boot: int = 500
     """Bootstrap resamples for intervals."""
-    benign_train_share: float = 0.5
-    """Benign train rows added to the negatives, as a share of the concept's own train negatives
-    (enough to teach the detector to reject normal traffic without drowning the concept's contrast)."""
+    benign_train_share: float | None = None
+    """Benign train rows added to the negatives, as a multiple of the concept's own train negatives
+    (``None``: all of them). More benign rows keep the threshold, set on benign traffic, lower: with
+    all 3,942, the scam detector's recall at 1 % FPR was 0.92; with half as many as the concept's
+    own negatives, 0.82."""
 
 
 @dataclass
@@ -108,8 +111,10 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     # (long chats, instructions), not only the concept's own negatives, or its threshold, set on that
     # traffic, ends up above every positive.
     n_neg = sum(e.label == 0 for e in split["train"])
-    extra = benign_split["train"][: max(1, int(cfg.benign_train_share * n_neg))]
+    n_extra = None if cfg.benign_train_share is None else max(1, int(cfg.benign_train_share * n_neg))
+    extra = benign_split["train"][:n_extra]
     train, test = split["train"] + extra, split["test"]
+    own = np.arange(len(train)) < len(split["train"])  # the concept's rows: they rank and judge, benign only trains
     cal_neg = [e for e in split["calibration"] if e.label == 0] + benign_split["calibration"]
     benign_unseen = benign_split["test"]
     y_tr, g_tr = _labels(train), _groups(train)
@@ -121,12 +126,12 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
         feats_by_span[span] = latent_features(cache, sae, train, span=span, aggregations=cfg.aggregations,
                                               progress=progress)
         for agg in cfg.aggregations:
-            det = fit_detector(feats_by_span[span][agg], y_tr, g_tr, disc)
+            det = fit_detector(feats_by_span[span][agg], y_tr, g_tr, disc, judged=own)
             choices[f"{span}/{agg}"] = (det.cv_auroc, det)
     best_key = max(choices, key=lambda k: np.nan_to_num(choices[k][0], nan=-1))
     span, agg = best_key.split("/")
     det = choices[best_key][1]
-    ranking = rank_latents(feats_by_span[span][agg], y_tr, top=10)
+    ranking = rank_latents(feats_by_span[span][agg][own], y_tr[own], top=10)
 
     def scores_of(ex: list[Example]) -> np.ndarray:
         if not ex:
@@ -157,7 +162,7 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     m_unseen = threshold_metrics(s_unseen, np.zeros(len(s_unseen)), choice.threshold, n_boot=0)
 
     # --- dense probe on the same examples and span
-    probe = fit_probe(dense_features(cache, train, span=span), y_tr, g_tr)
+    probe = fit_probe(dense_features(cache, train, span=span), y_tr, g_tr, judged=own)
     p_test = probe.score(dense_features(cache, test, span=span))
     probe_by_source = {}
     for src in sorted({e.source for e in test}):
@@ -173,12 +178,13 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
             rest_idx = [i for i, e in enumerate(train) if e.source != src]
             if len({int(e.label) for e in held}) < 2 or len({int(y_tr[i]) for i in rest_idx}) < 2:
                 continue
-            d_src = fit_detector(feats_by_span[span][agg][rest_idx], y_tr[rest_idx], g_tr[rest_idx], disc)
+            d_src = fit_detector(feats_by_span[span][agg][rest_idx], y_tr[rest_idx], g_tr[rest_idx], disc,
+                                 judged=own[rest_idx])
             f_held = latent_features(cache, sae, held, span=span, aggregations=(agg,), latents=d_src.latents,
                                      progress=False)[agg]
             s_held = d_src.score(f_held, columns=list(range(len(d_src.latents))))
             pr = fit_probe(dense_features(cache, [train[i] for i in rest_idx], span=span), y_tr[rest_idx],
-                           g_tr[rest_idx])
+                           g_tr[rest_idx], judged=own[rest_idx])
             y_held = _labels(held)
             loso[src] = {"auroc": auroc(s_held, y_held),
                          "auroc_ci": list(bootstrap_auroc(s_held, y_held, _groups(held), n_boot=cfg.n_boot)),

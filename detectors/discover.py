@@ -1,10 +1,14 @@
 """Feature discovery: which SAE latents track a concept, and a small linear detector over them.
 
 1. Rank every latent on the train split by the AUROC of its span-aggregated activation (and the
-   difference of class means).
+   difference of class means), over the *judged* rows: calibration passes the concept's own
+   examples, while benign traffic in the train split only trains (see below).
 2. Take the strongest ``candidates`` latents, standardise them, and fit L1-regularised logistic
-   regressions over a grid of strengths; grouped cross-validation (pairs never straddle folds) picks
-   the strength with the best AUROC among models that keep at most ``max_latents`` latents.
+   regressions over a grid of strengths. Each model that keeps at most ``max_latents`` latents is a
+   candidate set; so is each model that keeps more (up to ``prune_from`` times as many), cut down
+   to ``max_latents`` by recursive elimination (refit an L2 model, drop the latents with the smallest
+   standardised weights, repeat). Grouped cross-validation (pairs never straddle folds) picks the set
+   with the best AUROC.
 3. Refit an L2 logistic model on the kept latents and fold the standardisation into its weights, so
    the detector is ``bias + sum_j w_j * f_j`` on raw aggregated latent values.
 
@@ -13,6 +17,18 @@ Standardising divides by each latent's spread, floored at a tenth of its mean ma
 on the chat template's system prompt, say) has a tiny spread on the train split, and plain
 standardisation turned its noise into weights in the thousands, which then exploded on traffic where
 that value moved a little (a detector with a 1 % FPR threshold above every positive).
+
+Why prune: the L1 path adds latents in large jumps (25, then 40 for power-seeking), and the strength
+that keeps at most 32 is often far from the best 32. Pruning a wider model back to 32 raised the
+power-seeking detector's test AUROC from 0.946 to 0.959 (the dense probe: 0.972).
+
+Why judge on the concept's rows: a detector must separate the concept from its own near-misses *and*
+stay below its threshold on everyday traffic, so every benign train row joins the negatives. Ranked
+and judged over all rows, though, the few thousand benign rows decide the candidates (the latents
+that tell a persona statement from an Alpaca instruction), and the 32 latents went to rejecting
+benign text instead of to the concept's contrast: power-seeking fell to 0.930 test AUROC. Ranking
+and judging on the concept's rows while training on all of them gave 0.961, and the scam detector's
+recall at the 1 % FPR threshold rose from 0.82 (with a sixth as many benign rows) to 0.92.
 
 The span (which tokens) and aggregation (max or mean) are chosen the same way, by grouped CV AUROC.
 """
@@ -44,6 +60,8 @@ class DiscoveryConfig:
     """Inverse L1 strengths tried (about two per factor of 3 where the latent count crosses 32)."""
     folds: int = 5
     """Grouped cross-validation folds."""
+    prune_from: float = 3.0
+    """Largest L1 model (as a multiple of ``max_latents``) that is pruned back to ``max_latents``."""
 
 
 @dataclass
@@ -88,13 +106,15 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, penalty: str) -> LogisticRegres
                                   class_weight="balanced").fit(x, y)
 
 
-def _cv_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, penalty: str, folds: int) -> float:
+def _cv_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, penalty: str, folds: int,
+              judged: np.ndarray | None = None) -> float:
+    """Grouped cross-validated AUROC, over the rows in ``judged`` (default: all)."""
     scores = np.zeros(len(y))
     for tr, te in GroupKFold(n_splits=folds).split(x, y, groups):
         if len(np.unique(y[tr])) < 2:
             return float("nan")
         scores[te] = _fit(x[tr], y[tr], c, penalty).decision_function(x[te])
-    return auroc(scores, y)
+    return auroc(scores, y) if judged is None else auroc(scores[judged], y[judged])
 
 
 def _feature_scale(x: np.ndarray) -> np.ndarray:
@@ -103,25 +123,48 @@ def _feature_scale(x: np.ndarray) -> np.ndarray:
     return np.maximum(x.std(0), np.maximum(0.1 * np.abs(x).mean(0), 1e-6))
 
 
+def _prune(xs: np.ndarray, y: np.ndarray, kept: np.ndarray, target: int) -> np.ndarray:
+    """Recursive elimination: refit an L2 model on ``kept`` and drop the smallest standardised weights,
+    at most half of the surplus at a time, until ``target`` columns remain."""
+    kept = np.asarray(kept)
+    while len(kept) > target:
+        coef = np.abs(_fit(xs[:, kept], y, 1.0, "l2").coef_[0])
+        drop = max(1, (len(kept) - target + 1) // 2)
+        kept = kept[np.sort(np.argsort(-coef, kind="stable")[: len(kept) - drop])]
+    return kept
+
+
 def fit_detector(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                 cfg: DiscoveryConfig = DiscoveryConfig()) -> LinearDetector:
-    """Select at most ``cfg.max_latents`` latents and fit the linear detector (see module docstring)."""
+                 cfg: DiscoveryConfig = DiscoveryConfig(), *, judged: np.ndarray | None = None) -> LinearDetector:
+    """Select at most ``cfg.max_latents`` latents and fit the linear detector (see module docstring).
+
+    ``judged``: the rows that rank the candidate latents and whose cross-validated AUROC chooses among
+    latent sets (default: all); the other rows only train.
+    """
     labels = np.asarray(labels).astype(int)
-    cand = [r.latent for r in rank_latents(features, labels, cfg.candidates)]
+    ranked_on = slice(None) if judged is None else judged
+    cand = [r.latent for r in rank_latents(features[ranked_on], labels[ranked_on], cfg.candidates)]
     x = features[:, cand]
     mu, sd = x.mean(0), _feature_scale(x)
     xs = (x - mu) / sd
-    best: tuple[float, list[int]] | None = None
-    for c in cfg.c_grid:
+    sets: list[np.ndarray] = []
+    for c in sorted(cfg.c_grid):
         kept = np.flatnonzero(_fit(xs, labels, c, "l1").coef_[0])
-        if len(kept) == 0 or len(kept) > cfg.max_latents:
+        if len(kept) == 0:
             continue
-        score = _cv_auroc(xs[:, kept], labels, groups, 1.0, "l2", cfg.folds)
+        if len(kept) <= cfg.max_latents:
+            sets.append(kept)
+        elif len(kept) <= cfg.prune_from * cfg.max_latents:
+            sets.append(_prune(xs, labels, kept, cfg.max_latents))
+        else:
+            break  # weaker penalties only keep more
+    if not sets:  # even the strongest L1 keeps too many: take the top-ranked latents
+        sets.append(np.arange(min(cfg.max_latents, len(cand))))
+    best: tuple[float, list[int]] | None = None
+    for kept in sets:
+        score = _cv_auroc(xs[:, kept], labels, groups, 1.0, "l2", cfg.folds, judged)
         if best is None or score > best[0] + 1e-9:
             best = (score, kept.tolist())
-    if best is None:  # even the strongest L1 keeps too many: take the top-ranked latents
-        kept = list(range(min(cfg.max_latents, len(cand))))
-        best = (_cv_auroc(xs[:, kept], labels, groups, 1.0, "l2", cfg.folds), kept)
     cv, kept = best
     model = _fit(xs[:, kept], labels, 1.0, "l2")
     w = model.coef_[0] / sd[kept]

@@ -6,6 +6,7 @@ their distribution). So ``threshold = X_(r)`` with the largest ``r`` such that
 ``P(Beta(r, n + 1 - r) > target_fpr) <= delta`` has true FPR <= ``target_fpr`` with probability
 >= 1 - ``delta``. It needs ``n >= log(delta) / log(1 - target_fpr)`` benign samples at all
 (299 for 1 % at 95 %); more samples let ``r`` grow and the threshold come down toward the quantile.
+Scores need not be continuous: where benign scores tie at ``X_(r)``, the threshold moves just above it.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def conformal_threshold(benign_scores: np.ndarray, target_fpr: float = 0.01, del
             hi = mid - 1
     r = lo
     thr = float(s[r - 1])
+    if r < n and s[r] == thr:
+        # Ties at X_(r) (e.g. texts where none of a detector's latents fire all score the bias): an alert
+        # at ``score >= X_(r)`` would fire on every tied score, far more than r of them. The guarantee
+        # holds for ``score > X_(r)``, i.e. the next representable value up.
+        thr = float(np.nextafter(thr, np.inf))
     return ThresholdChoice(threshold=thr, rank=r, n_benign=n, target_fpr=target_fpr, delta=delta,
                            fpr_upper_bound=float(beta.ppf(1 - delta, r, n + 1 - r)),
                            calibration_fpr=float((s >= thr).mean()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.discover import DiscoveryConfig, fit_detector, rank_latents
+from detectors.discover import DiscoveryConfig, _prune, fit_detector, rank_latents
 from detectors.metrics import auroc
 
 
@@ -47,3 +47,38 @@ def test_a_near_constant_latent_does_not_get_an_exploding_weight():
     assert 0 in weights
     # Moving the constant latent by a realistic amount on new traffic must not swamp the score.
     assert abs(weights.get(1, 0.0)) * 0.5 < 5.0
+
+
+def test_a_wide_l1_model_is_pruned_back_to_the_budget_keeping_the_strong_latents():
+    """With a penalty grid that jumps from nothing straight to far more than the budget, the set comes
+    from pruning the wide model (recursive elimination), and the strongest latents survive it."""
+    rng = np.random.default_rng(2)
+    n, d = 800, 200
+    y = rng.integers(0, 2, n)
+    x = _sparse_latents(n, d, rng)
+    strong, weak = [3, 50, 99], list(range(110, 140))
+    x[:, strong] += y[:, None] * 1.5
+    x[:, weak] += y[:, None] * 0.15
+    cfg = DiscoveryConfig(max_latents=6, candidates=200, c_grid=(10.0,), prune_from=100.0)
+    det = fit_detector(x, y, np.arange(n), cfg)
+    assert len(det.latents) == 6
+    assert set(strong) <= set(det.latents)
+    kept = _prune((x - x.mean(0)) / x.std(0), y, np.arange(d), 6)
+    assert len(kept) == 6 and set(strong) <= set(kept.tolist())
+
+
+def test_judged_rows_choose_the_concept_contrast_not_the_benign_one():
+    """Benign rows (label 0) only train: a latent that merely tells the concept's texts from benign
+    traffic must not crowd out the one that tells the concept's positives from its negatives."""
+    rng = np.random.default_rng(3)
+    n_concept, n_benign = 300, 3000
+    y = np.r_[rng.integers(0, 2, n_concept), np.zeros(n_benign, dtype=int)]
+    own = np.arange(len(y)) < n_concept
+    x = _sparse_latents(len(y), 50, rng)
+    x[own, 0] += 2.0  # "topic" latent: every concept row, positive or not
+    x[:, 1] += np.where(own, y * 1.5, 1.0)  # the contrast; benign text resembles the positives here
+    ranked_all = [r.latent for r in rank_latents(x, y, top=1)]
+    assert ranked_all == [0]  # over all rows, the topic latent looks best
+    det = fit_detector(x, y, np.arange(len(y)), DiscoveryConfig(max_latents=1, candidates=1), judged=own)
+    assert det.latents == [1]
+    assert auroc(det.score(x[own]), y[own]) > 0.85

@@ -80,3 +80,20 @@ def test_threshold_guarantee_holds_on_synthetic_benign_scores(dist):
     rate = exceed / trials
     assert rate <= delta + 3 * np.sqrt(delta * (1 - delta) / trials), rate
     assert rate >= 0.01, "the threshold should not be far more conservative than needed"
+
+
+def test_threshold_guarantee_holds_when_benign_scores_tie():
+    """Most benign texts fire none of a detector's latents, so they all score the bias: an atom. An alert
+    at ``score >= X_(r)`` on a tied X_(r) would fire on the whole atom; the threshold must sit above it."""
+    rng = np.random.default_rng(7)
+    target, delta, n, trials = 0.01, 0.05, 1000, 1000
+    exceed = 0
+    for trial in range(trials):
+        atom = 0.995 if trial % 2 else 0.9  # the atom holds X_(r) (rarely) or lies well below it
+        s = np.where(rng.random(n) < atom, -3.0, rng.normal(size=n))
+        choice = conformal_threshold(s, target, delta)
+        true_fpr = (1 - atom) * norm.sf(choice.threshold) + atom * (choice.threshold <= -3.0)
+        exceed += true_fpr > target
+    assert exceed / trials <= delta + 3 * np.sqrt(delta * (1 - delta) / trials)
+    all_tied = conformal_threshold(np.full(500, -3.0), target, delta)
+    assert all_tied.threshold > -3.0 and (np.full(10, -3.0) >= all_tied.threshold).sum() == 0
