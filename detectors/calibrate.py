@@ -57,11 +57,13 @@ class CalibrationConfig:
     """Also fit without each source and score that source."""
     n_boot: int = 500
     """Bootstrap resamples for intervals."""
-    benign_train_share: float | None = None
-    """Benign train rows added to the negatives, as a multiple of the concept's own train negatives
-    (``None``: all of them). More benign rows keep the threshold, set on benign traffic, lower: with
-    all 3,942, the scam detector's recall at 1 % FPR was 0.92; with half as many as the concept's
-    own negatives, 0.82."""
+    benign_weight: float = 0.5
+    """Share of the negative class's training weight carried by the benign train rows (all of them
+    join); the concept's own negatives carry the rest, the positives as much as all negatives. Equal
+    say for near misses and everyday traffic: with all 3,942 benign rows at their natural weight
+    (0.87 of it), fit without the multiple-choice power-seeking source the detector ranked that source
+    backwards (0.39); with the benign rows weighted like the concept's negatives but only a sixth as
+    many of them, the scam detector's recall at 1 % FPR was 0.82 instead of 0.89."""
 
 
 @dataclass
@@ -100,6 +102,20 @@ def _groups(ex: list[Example]) -> np.ndarray:
     return np.array([e.group for e in ex])
 
 
+def training_weights(labels: np.ndarray, own: np.ndarray, benign_weight: float) -> np.ndarray:
+    """Row weights summing to the row count: positives half, the concept's own negatives
+    ``(1 - benign_weight) / 2``, the benign rows (``~own``) ``benign_weight / 2``, each group shared equally."""
+    labels, own = np.asarray(labels), np.asarray(own, dtype=bool)
+    n, w = len(labels), np.zeros(len(labels))
+    groups = [(labels == 1, 0.5), (own & (labels == 0), 0.5 * (1 - benign_weight)), (~own, 0.5 * benign_weight)]
+    if not groups[2][0].any():  # no benign rows: the concept's negatives carry the whole negative half
+        groups[1] = (groups[1][0], 0.5)
+    for mask, share in groups:
+        if mask.any():
+            w[mask] = share * n / mask.sum()
+    return w
+
+
 def calibrate_concept(concept: str, examples: list[Example], benign: list[Example], cache: ActivationCache, sae, *,
                       checks: list[Example] = (),
                       model_id: str, hook: str, dataset_paths: list[Path], cfg: CalibrationConfig = CalibrationConfig(),
@@ -110,14 +126,12 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     # Benign traffic of the train split joins the negatives: the detector must reject normal traffic
     # (long chats, instructions), not only the concept's own negatives, or its threshold, set on that
     # traffic, ends up above every positive.
-    n_neg = sum(e.label == 0 for e in split["train"])
-    n_extra = None if cfg.benign_train_share is None else max(1, int(cfg.benign_train_share * n_neg))
-    extra = benign_split["train"][:n_extra]
-    train, test = split["train"] + extra, split["test"]
+    train, test = split["train"] + benign_split["train"], split["test"]
     own = np.arange(len(train)) < len(split["train"])  # the concept's rows: they rank and judge, benign only trains
     cal_neg = [e for e in split["calibration"] if e.label == 0] + benign_split["calibration"]
     benign_unseen = benign_split["test"]
     y_tr, g_tr = _labels(train), _groups(train)
+    w_tr = training_weights(y_tr, own, cfg.benign_weight)
 
     # --- choose span and aggregation by grouped CV on the train split
     choices: dict[str, tuple[float, LinearDetector]] = {}
@@ -126,7 +140,7 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
         feats_by_span[span] = latent_features(cache, sae, train, span=span, aggregations=cfg.aggregations,
                                               progress=progress)
         for agg in cfg.aggregations:
-            det = fit_detector(feats_by_span[span][agg], y_tr, g_tr, disc, judged=own)
+            det = fit_detector(feats_by_span[span][agg], y_tr, g_tr, disc, judged=own, sample_weight=w_tr)
             choices[f"{span}/{agg}"] = (det.cv_auroc, det)
     best_key = max(choices, key=lambda k: np.nan_to_num(choices[k][0], nan=-1))
     span, agg = best_key.split("/")
@@ -162,7 +176,7 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     m_unseen = threshold_metrics(s_unseen, np.zeros(len(s_unseen)), choice.threshold, n_boot=0)
 
     # --- dense probe on the same examples and span
-    probe = fit_probe(dense_features(cache, train, span=span), y_tr, g_tr, judged=own)
+    probe = fit_probe(dense_features(cache, train, span=span), y_tr, g_tr, judged=own, sample_weight=w_tr)
     p_test = probe.score(dense_features(cache, test, span=span))
     probe_by_source = {}
     for src in sorted({e.source for e in test}):
@@ -178,13 +192,14 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
             rest_idx = [i for i, e in enumerate(train) if e.source != src]
             if len({int(e.label) for e in held}) < 2 or len({int(y_tr[i]) for i in rest_idx}) < 2:
                 continue
+            w_rest = training_weights(y_tr[rest_idx], own[rest_idx], cfg.benign_weight)
             d_src = fit_detector(feats_by_span[span][agg][rest_idx], y_tr[rest_idx], g_tr[rest_idx], disc,
-                                 judged=own[rest_idx])
+                                 judged=own[rest_idx], sample_weight=w_rest)
             f_held = latent_features(cache, sae, held, span=span, aggregations=(agg,), latents=d_src.latents,
                                      progress=False)[agg]
             s_held = d_src.score(f_held, columns=list(range(len(d_src.latents))))
             pr = fit_probe(dense_features(cache, [train[i] for i in rest_idx], span=span), y_tr[rest_idx],
-                           g_tr[rest_idx], judged=own[rest_idx])
+                           g_tr[rest_idx], judged=own[rest_idx], sample_weight=w_rest)
             y_held = _labels(held)
             loso[src] = {"auroc": auroc(s_held, y_held),
                          "auroc_ci": list(bootstrap_auroc(s_held, y_held, _groups(held), n_boot=cfg.n_boot)),

@@ -23,12 +23,12 @@ that keeps at most 32 is often far from the best 32. Pruning a wider model back 
 power-seeking detector's test AUROC from 0.946 to 0.959 (the dense probe: 0.972).
 
 Why judge on the concept's rows: a detector must separate the concept from its own near-misses *and*
-stay below its threshold on everyday traffic, so every benign train row joins the negatives. Ranked
-and judged over all rows, though, the few thousand benign rows decide the candidates (the latents
-that tell a persona statement from an Alpaca instruction), and the 32 latents went to rejecting
-benign text instead of to the concept's contrast: power-seeking fell to 0.930 test AUROC. Ranking
-and judging on the concept's rows while training on all of them gave 0.961, and the scam detector's
-recall at the 1 % FPR threshold rose from 0.82 (with a sixth as many benign rows) to 0.92.
+stay below its threshold on everyday traffic, so every benign train row joins the negatives (with a
+share of the training weight, ``sample_weight``, set by calibration). Ranked and judged over all rows,
+though, the few thousand benign rows decide the candidates (the latents that tell a persona statement
+from an Alpaca instruction), and the 32 latents went to rejecting benign text instead of to the
+concept's contrast: power-seeking fell to 0.930 test AUROC. Ranked and judged on the concept's rows,
+it reached 0.961.
 
 The span (which tokens) and aggregation (max or mean) are chosen the same way, by grouped CV AUROC.
 """
@@ -99,21 +99,22 @@ def rank_latents(features: np.ndarray, labels: np.ndarray, top: int | None = Non
     return [LatentRank(int(j), float(a[j]), float(pos[j]), float(neg[j])) for j in order]
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float, penalty: str) -> LogisticRegression:
+def _fit(x: np.ndarray, y: np.ndarray, c: float, penalty: str, w: np.ndarray | None = None) -> LogisticRegression:
+    """Logistic regression; without row weights ``w`` the two classes weigh the same (``balanced``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return LogisticRegression(l1_ratio=1.0 if penalty == "l1" else 0.0, C=c, solver="liblinear", max_iter=2000,
-                                  class_weight="balanced").fit(x, y)
+                                  class_weight="balanced" if w is None else None).fit(x, y, sample_weight=w)
 
 
 def _cv_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, penalty: str, folds: int,
-              judged: np.ndarray | None = None) -> float:
+              judged: np.ndarray | None = None, w: np.ndarray | None = None) -> float:
     """Grouped cross-validated AUROC, over the rows in ``judged`` (default: all)."""
     scores = np.zeros(len(y))
     for tr, te in GroupKFold(n_splits=folds).split(x, y, groups):
         if len(np.unique(y[tr])) < 2:
             return float("nan")
-        scores[te] = _fit(x[tr], y[tr], c, penalty).decision_function(x[te])
+        scores[te] = _fit(x[tr], y[tr], c, penalty, None if w is None else w[tr]).decision_function(x[te])
     return auroc(scores, y) if judged is None else auroc(scores[judged], y[judged])
 
 
@@ -123,19 +124,20 @@ def _feature_scale(x: np.ndarray) -> np.ndarray:
     return np.maximum(x.std(0), np.maximum(0.1 * np.abs(x).mean(0), 1e-6))
 
 
-def _prune(xs: np.ndarray, y: np.ndarray, kept: np.ndarray, target: int) -> np.ndarray:
+def _prune(xs: np.ndarray, y: np.ndarray, kept: np.ndarray, target: int, w: np.ndarray | None = None) -> np.ndarray:
     """Recursive elimination: refit an L2 model on ``kept`` and drop the smallest standardised weights,
     at most half of the surplus at a time, until ``target`` columns remain."""
     kept = np.asarray(kept)
     while len(kept) > target:
-        coef = np.abs(_fit(xs[:, kept], y, 1.0, "l2").coef_[0])
+        coef = np.abs(_fit(xs[:, kept], y, 1.0, "l2", w).coef_[0])
         drop = max(1, (len(kept) - target + 1) // 2)
         kept = kept[np.sort(np.argsort(-coef, kind="stable")[: len(kept) - drop])]
     return kept
 
 
 def fit_detector(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                 cfg: DiscoveryConfig = DiscoveryConfig(), *, judged: np.ndarray | None = None) -> LinearDetector:
+                 cfg: DiscoveryConfig = DiscoveryConfig(), *, judged: np.ndarray | None = None,
+                 sample_weight: np.ndarray | None = None) -> LinearDetector:
     """Select at most ``cfg.max_latents`` latents and fit the linear detector (see module docstring).
 
     ``judged``: the rows that rank the candidate latents and whose cross-validated AUROC chooses among
@@ -149,24 +151,24 @@ def fit_detector(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
     xs = (x - mu) / sd
     sets: list[np.ndarray] = []
     for c in sorted(cfg.c_grid):
-        kept = np.flatnonzero(_fit(xs, labels, c, "l1").coef_[0])
+        kept = np.flatnonzero(_fit(xs, labels, c, "l1", sample_weight).coef_[0])
         if len(kept) == 0:
             continue
         if len(kept) <= cfg.max_latents:
             sets.append(kept)
         elif len(kept) <= cfg.prune_from * cfg.max_latents:
-            sets.append(_prune(xs, labels, kept, cfg.max_latents))
+            sets.append(_prune(xs, labels, kept, cfg.max_latents, sample_weight))
         else:
             break  # weaker penalties only keep more
     if not sets:  # even the strongest L1 keeps too many: take the top-ranked latents
         sets.append(np.arange(min(cfg.max_latents, len(cand))))
     best: tuple[float, list[int]] | None = None
     for kept in sets:
-        score = _cv_auroc(xs[:, kept], labels, groups, 1.0, "l2", cfg.folds, judged)
+        score = _cv_auroc(xs[:, kept], labels, groups, 1.0, "l2", cfg.folds, judged, sample_weight)
         if best is None or score > best[0] + 1e-9:
             best = (score, kept.tolist())
     cv, kept = best
-    model = _fit(xs[:, kept], labels, 1.0, "l2")
+    model = _fit(xs[:, kept], labels, 1.0, "l2", sample_weight)
     w = model.coef_[0] / sd[kept]
     b = float(model.intercept_[0] - (model.coef_[0] * mu[kept] / sd[kept]).sum())
     return LinearDetector(latents=[int(cand[k]) for k in kept], weights=[float(v) for v in w], bias=b, cv_auroc=cv)

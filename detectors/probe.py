@@ -27,13 +27,13 @@ class DenseProbe:
 
 def fit_probe(x: np.ndarray, labels: np.ndarray, groups: np.ndarray,
               c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0), folds: int = 5,
-              judged: np.ndarray | None = None) -> DenseProbe:
+              judged: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> DenseProbe:
     """L2 logistic regression on standardised features, strength chosen by grouped CV AUROC over the
-    ``judged`` rows (default: all), as ``discover.fit_detector`` chooses."""
+    ``judged`` rows (default: all), trained with ``sample_weight``, as ``discover.fit_detector`` chooses."""
     labels = np.asarray(labels).astype(int)
     mu, sd = x.mean(0), x.std(0) + 1e-6
     xs = (x - mu) / sd
-    scored = [(_cv_auroc(xs, labels, groups, c, "l2", folds, judged), c) for c in c_grid]
+    scored = [(_cv_auroc(xs, labels, groups, c, "l2", folds, judged, sample_weight), c) for c in c_grid]
     cv, c = max(scored, key=lambda t: (np.nan_to_num(t[0], nan=-1), -t[1]))
-    m = _fit(xs, labels, c, "l2")
+    m = _fit(xs, labels, c, "l2", sample_weight)
     return DenseProbe(mu, sd, m.coef_[0], float(m.intercept_[0]), c, cv)

@@ -82,3 +82,15 @@ def test_judged_rows_choose_the_concept_contrast_not_the_benign_one():
     det = fit_detector(x, y, np.arange(len(y)), DiscoveryConfig(max_latents=1, candidates=1), judged=own)
     assert det.latents == [1]
     assert auroc(det.score(x[own]), y[own]) > 0.85
+
+
+def test_training_weights_give_benign_rows_a_fixed_share_of_the_negatives():
+    from detectors.calibrate import training_weights
+
+    labels = np.r_[np.ones(10), np.zeros(30), np.zeros(960)]
+    own = np.arange(1000) < 40
+    w = training_weights(labels, own, 0.5)
+    assert np.isclose(w.sum(), 1000)
+    assert np.isclose(w[:10].sum(), 500) and np.isclose(w[10:40].sum(), 250) and np.isclose(w[40:].sum(), 250)
+    only_concept = training_weights(labels[:40], own[:40], 0.5)
+    assert np.isclose(only_concept[:10].sum(), 20) and np.isclose(only_concept[10:].sum(), 20)
