@@ -105,14 +105,12 @@ def _groups(ex: list[Example]) -> np.ndarray:
 def training_weights(labels: np.ndarray, own: np.ndarray, benign_weight: float) -> np.ndarray:
     """Row weights summing to the row count: positives half, the concept's own negatives
     ``(1 - benign_weight) / 2``, the benign rows (``~own``) ``benign_weight / 2``, each group shared equally."""
-    labels, own = np.asarray(labels), np.asarray(own, dtype=bool)
-    n, w = len(labels), np.zeros(len(labels))
-    groups = [(labels == 1, 0.5), (own & (labels == 0), 0.5 * (1 - benign_weight)), (~own, 0.5 * benign_weight)]
-    if not groups[2][0].any():  # no benign rows: the concept's negatives carry the whole negative half
-        groups[1] = (groups[1][0], 0.5)
-    for mask, share in groups:
+    labels, benign = np.asarray(labels), ~np.asarray(own, dtype=bool)
+    benign_share = 0.5 * benign_weight if benign.any() else 0.0  # none: the concept's negatives carry it all
+    w = np.zeros(len(labels))
+    for mask, share in ((labels == 1, 0.5), (~benign & (labels == 0), 0.5 - benign_share), (benign, benign_share)):
         if mask.any():
-            w[mask] = share * n / mask.sum()
+            w[mask] = share * len(labels) / mask.sum()
     return w
 
 
