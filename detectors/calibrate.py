@@ -6,13 +6,21 @@ Per concept, on the pair-aware splits of ``detectors.data``:
   and aggregation, select latents, fit the linear detector (``discover``), and fit the dense probe
   baseline on the same examples and span (``probe``); both rank and choose by how they separate the
   concept's own examples, while the benign rows teach them to stay quiet on everyday traffic;
+* the span and aggregation are chosen by the mean of two AUROCs: grouped CV on the train split (text
+  like the training text), and, where the concept has several sources, the mean over sources of a
+  detector fit without that source and scored on that source's train rows (text of a kind it never
+  saw). Chosen by CV alone, the deception detector read every token (``all``), and fit without the
+  RepE source it ranked that source backwards (0.35); the prompt span generalised. The held-out
+  source's calibration and test rows stay out of the choice, so the leave-one-source-out numbers
+  reported below are not selected on;
 * calibration split: the threshold, from benign traffic (the ``benign/`` files and the concept's own
   negatives) at the target FPR with a one-sided guarantee (``thresholds``); severity cut-offs at
   a third, a tenth and a thirtieth of that FPR where enough benign samples exist;
 * test split: AUROC with a bootstrap interval, recall and FPR at the threshold with exact intervals,
   per source too; FPR on benign test rows the calibration never saw;
-* leave-one-source-out: for concepts with several sources, a detector fit without a source is scored
-  on that source — how well it generalises to text it has never seen;
+* leave-one-source-out: for concepts with several sources, the detector fit without a source (while
+  choosing the span) is scored on that source's calibration and test rows — how well it generalises
+  to text it has never seen;
 * check sets (``data.CHECK_FILES``) are only scored, never fitted on, e.g. TruthfulQA for deception;
 * a detector is marked ``no_signal`` (shipped for the record, never enabled by default) when its test
   AUROC interval reaches 0.5, when its recall interval overlaps its FPR interval, or when it does not
@@ -76,6 +84,8 @@ class DetectorReport:
     span: str
     aggregation: str
     cv_auroc_by_choice: dict[str, float]
+    unseen_source_auroc_by_choice: dict[str, dict[str, float]]
+    """Per choice: AUROC on each source's train rows of the fit made without that source."""
     threshold: float
     n_benign_calibration: int
     test: dict
@@ -114,6 +124,43 @@ def training_weights(labels: np.ndarray, own: np.ndarray, benign_weight: float) 
     return w
 
 
+@dataclass
+class SpanChoice:
+    """One span and aggregation tried: its detector, and how its recipe generalises across sources."""
+
+    detector: LinearDetector
+    without: dict[str, LinearDetector]
+    """Per source: the detector fit on the train split without that source (leave-one-source-out)."""
+    unseen_source_auroc: dict[str, float]
+    """Per source: AUROC of ``without[source]`` on that source's train rows, which it never saw."""
+
+    @property
+    def cv_auroc(self) -> float:
+        return self.detector.cv_auroc
+
+    @property
+    def selection_score(self) -> float:
+        """Grouped CV AUROC, averaged with the mean unseen-source AUROC when there are several sources."""
+        if not self.unseen_source_auroc:
+            return self.cv_auroc
+        return 0.5 * (self.cv_auroc + float(np.mean(list(self.unseen_source_auroc.values()))))
+
+
+def _loso_sources(examples: list[Example], src_tr: np.ndarray, own: np.ndarray, y_tr: np.ndarray) -> list[str]:
+    """Sources a leave-one-source-out fit can be made without and judged on: the concept has several, and
+    the source's train rows, its other rows and the train rows left without it all hold both labels."""
+    sources = sorted({e.source for e in examples})
+    if len(sources) < 2:
+        return []
+
+    def both(labels) -> bool:
+        return len(set(np.asarray(labels).tolist())) == 2
+
+    return [src for src in sources
+            if both([e.label for e in examples if e.source == src and e.split != "train"])
+            and both(y_tr[own & (src_tr == src)]) and both(y_tr[src_tr != src])]
+
+
 def calibrate_concept(concept: str, examples: list[Example], benign: list[Example], cache: ActivationCache, sae, *,
                       checks: list[Example] = (),
                       model_id: str, hook: str, dataset_paths: list[Path], cfg: CalibrationConfig = CalibrationConfig(),
@@ -131,18 +178,28 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     y_tr, g_tr = _labels(train), _groups(train)
     w_tr = training_weights(y_tr, own, cfg.benign_weight)
 
-    # --- choose span and aggregation by grouped CV on the train split
-    choices: dict[str, tuple[float, LinearDetector]] = {}
+    # --- choose span and aggregation: grouped CV on the train split and, with several sources, how well a
+    # fit without each source ranks that source's train rows
+    src_tr = np.array([e.source for e in train])
+    loso_sources = _loso_sources(examples, src_tr, own, y_tr) if cfg.leave_one_source_out else []
+    choices: dict[str, SpanChoice] = {}
     feats_by_span: dict[str, dict[str, np.ndarray]] = {}
     for span in cfg.spans:
         feats_by_span[span] = latent_features(cache, sae, train, span=span, aggregations=cfg.aggregations,
                                               progress=progress)
         for agg in cfg.aggregations:
-            det = fit_detector(feats_by_span[span][agg], y_tr, g_tr, disc, judged=own, sample_weight=w_tr)
-            choices[f"{span}/{agg}"] = (det.cv_auroc, det)
-    best_key = max(choices, key=lambda k: np.nan_to_num(choices[k][0], nan=-1))
+            f = feats_by_span[span][agg]
+            det = fit_detector(f, y_tr, g_tr, disc, judged=own, sample_weight=w_tr)
+            without, unseen = {}, {}
+            for src in loso_sources:
+                rest, held = src_tr != src, own & (src_tr == src)
+                without[src] = fit_detector(f[rest], y_tr[rest], g_tr[rest], disc, judged=own[rest],
+                                            sample_weight=training_weights(y_tr[rest], own[rest], cfg.benign_weight))
+                unseen[src] = auroc(without[src].score(f[held]), y_tr[held])
+            choices[f"{span}/{agg}"] = SpanChoice(det, without, unseen)
+    best_key = max(choices, key=lambda k: np.nan_to_num(choices[k].selection_score, nan=-1))
     span, agg = best_key.split("/")
-    det = choices[best_key][1]
+    det = choices[best_key].detector
     ranking = rank_latents(feats_by_span[span][agg][own], y_tr[own], top=10)
 
     def scores_of(ex: list[Example]) -> np.ndarray:
@@ -181,28 +238,22 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
         idx = [i for i, e in enumerate(test) if e.source == src]
         probe_by_source[src] = {"auroc": auroc(p_test[idx], y_test[idx]), "n": len(idx)}
 
-    # --- leave one source out
+    # --- leave one source out: the fits made while choosing, scored on the source's calibration and test rows
     loso = {}
-    sources = sorted({e.source for e in examples})
-    if cfg.leave_one_source_out and len(sources) > 1:
-        for src in sources:
-            held = [e for e in examples if e.source == src and e.split != "train"]
-            rest_idx = [i for i, e in enumerate(train) if e.source != src]
-            if len({int(e.label) for e in held}) < 2 or len({int(y_tr[i]) for i in rest_idx}) < 2:
-                continue
-            w_rest = training_weights(y_tr[rest_idx], own[rest_idx], cfg.benign_weight)
-            d_src = fit_detector(feats_by_span[span][agg][rest_idx], y_tr[rest_idx], g_tr[rest_idx], disc,
-                                 judged=own[rest_idx], sample_weight=w_rest)
-            f_held = latent_features(cache, sae, held, span=span, aggregations=(agg,), latents=d_src.latents,
-                                     progress=False)[agg]
-            s_held = d_src.score(f_held, columns=list(range(len(d_src.latents))))
-            pr = fit_probe(dense_features(cache, [train[i] for i in rest_idx], span=span), y_tr[rest_idx],
-                           g_tr[rest_idx], judged=own[rest_idx], sample_weight=w_rest)
-            y_held = _labels(held)
-            loso[src] = {"auroc": auroc(s_held, y_held),
-                         "auroc_ci": list(bootstrap_auroc(s_held, y_held, _groups(held), n_boot=cfg.n_boot)),
-                         "probe_auroc": auroc(pr.score(dense_features(cache, held, span=span)), y_held),
-                         "n": len(held)}
+    for src, d_src in choices[best_key].without.items():
+        held = [e for e in examples if e.source == src and e.split != "train"]
+        rest_idx = np.flatnonzero(src_tr != src)
+        f_held = latent_features(cache, sae, held, span=span, aggregations=(agg,), latents=d_src.latents,
+                                 progress=False)[agg]
+        s_held = d_src.score(f_held, columns=list(range(len(d_src.latents))))
+        pr = fit_probe(dense_features(cache, [train[i] for i in rest_idx], span=span), y_tr[rest_idx],
+                       g_tr[rest_idx], judged=own[rest_idx],
+                       sample_weight=training_weights(y_tr[rest_idx], own[rest_idx], cfg.benign_weight))
+        y_held = _labels(held)
+        loso[src] = {"auroc": auroc(s_held, y_held),
+                     "auroc_ci": list(bootstrap_auroc(s_held, y_held, _groups(held), n_boot=cfg.n_boot)),
+                     "probe_auroc": auroc(pr.score(dense_features(cache, held, span=span)), y_held),
+                     "n": len(held)}
 
     # --- check sets: scored, never fitted on
     check_results = {}
@@ -235,7 +286,8 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
                   for p in dataset_paths},
         date=datetime.now(UTC).date().isoformat(), delta=cfg.delta, fpr_upper_bound=choice.fpr_upper_bound,
         threshold_rank=choice.rank, probe_auroc=auroc(p_test, y_test), span_choice_cv=
-        {k: round(float(v[0]), 4) for k, v in choices.items()}, activations_compute_dtype=cache.compute_dtype,
+        {k: round(float(v.cv_auroc), 4) for k, v in choices.items()}, span_choice_score=
+        {k: round(float(v.selection_score), 4) for k, v in choices.items()}, activations_compute_dtype=cache.compute_dtype,
     )
     spec = DetectorSpec(
         name=concept, concept=concept, model=model_id, hook=hook, sae_sha256=sae.sha256,
@@ -246,7 +298,8 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     )
     report = DetectorReport(
         concept=concept, status=status, status_reason="; ".join(reasons), span=span, aggregation=agg,
-        cv_auroc_by_choice={k: float(v[0]) for k, v in choices.items()}, threshold=choice.threshold,
+        cv_auroc_by_choice={k: float(v.cv_auroc) for k, v in choices.items()},
+        unseen_source_auroc_by_choice={k: v.unseen_source_auroc for k, v in choices.items()}, threshold=choice.threshold,
         n_benign_calibration=choice.n_benign, test=m_test.to_dict(), test_by_source=by_source,
         benign_unseen=m_unseen.to_dict(), probe={"auroc": auroc(p_test, y_test), "cv_auroc": probe.cv_auroc,
                                                  "c": probe.c}, probe_test_by_source=probe_by_source, loso=loso, checks=check_results,

@@ -63,6 +63,11 @@ def _ci(v) -> str:
     return f"[{v[0]:.3f}, {v[1]:.3f}]" if v and not any(x is None or np.isnan(x) for x in v) else ""
 
 
+def _short(source: str) -> str:
+    """``owner/repo:dir/file.jsonl`` -> ``file``: enough to tell a concept's sources apart in a table cell."""
+    return source.rsplit("/", 1)[-1].rsplit(":", 1)[-1].removesuffix(".jsonl").removesuffix(".csv")
+
+
 def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: Path, *, labels: dict[int, str]) -> Path:
     """``docs/calibration/<detector>.md``: the numbers, the plot and the latents."""
     t, b = report.test, report.benign_unseen
@@ -99,9 +104,19 @@ def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: 
         for src, m in report.checks.items():
             lines.append(f"| {src} | {m['n_pos']} | {m['n_neg']} | {_f(m['auroc'])} {_ci(m['auroc_ci'])} | "
                          f"{_f(m['recall'])} | {_f(m['fpr'])} |")
-    lines += ["", "Span and aggregation chosen by grouped 5-fold CV AUROC on the train split:", "",
-              "| choice | CV AUROC |", "|---|---:|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in sorted(report.cv_auroc_by_choice.items(), key=lambda kv: -kv[1])]
+    unseen = report.unseen_source_auroc_by_choice
+    if any(unseen.values()):
+        lines += ["", ("Span and aggregation chosen by the mean of the grouped 5-fold CV AUROC on the train split and "
+                  "the mean AUROC, on each source's train rows, of the fit made without that source:"), "",
+                  "| choice | CV AUROC | unseen-source AUROC | score |", "|---|---:|---|---:|"]
+        rows = {k: (cv, sum(unseen[k].values()) / len(unseen[k])) for k, cv in report.cv_auroc_by_choice.items()}
+        for k, (cv, u) in sorted(rows.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+            per = ", ".join(f"{_short(src)} {a:.3f}" for src, a in unseen[k].items())
+            lines.append(f"| {k} | {cv:.3f} | {per} | {(cv + u) / 2:.3f} |")
+    else:
+        lines += ["", "Span and aggregation chosen by grouped 5-fold CV AUROC on the train split:", "",
+                  "| choice | CV AUROC |", "|---|---:|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in sorted(report.cv_auroc_by_choice.items(), key=lambda kv: -kv[1])]
     lines += ["", "Latents (weight × aggregated activation adds to the score):", "",
               "| latent | weight | label |", "|---:|---:|---|"]
     for lat, w in sorted(zip(spec.latents, spec.weights), key=lambda t: -abs(t[1])):

@@ -94,3 +94,39 @@ def test_training_weights_give_benign_rows_a_fixed_share_of_the_negatives():
     assert np.isclose(w[:10].sum(), 500) and np.isclose(w[10:40].sum(), 250) and np.isclose(w[40:].sum(), 250)
     only_concept = training_weights(labels[:40], own[:40], 0.5)
     assert np.isclose(only_concept[:10].sum(), 20) and np.isclose(only_concept[10:].sum(), 20)
+
+
+def _detector(cv: float):
+    from detectors.discover import LinearDetector
+
+    return LinearDetector(latents=[0], weights=[1.0], bias=0.0, cv_auroc=cv)
+
+
+def test_the_span_choice_that_generalises_across_sources_beats_a_slightly_better_cv():
+    from detectors.calibrate import SpanChoice
+
+    all_tokens = SpanChoice(_detector(0.996), {}, {"persona": 0.92, "repe": 0.35})
+    prompt = SpanChoice(_detector(0.990), {}, {"persona": 0.85, "repe": 0.80})
+    assert np.isclose(all_tokens.selection_score, 0.5 * (0.996 + 0.635))
+    assert prompt.selection_score > all_tokens.selection_score
+    assert SpanChoice(_detector(0.97), {}, {}).selection_score == 0.97  # one source: CV alone
+
+
+def test_leave_one_source_out_needs_both_labels_in_and_without_the_source():
+    from detectors.calibrate import _loso_sources
+    from detectors.data import Example
+
+    def ex(label, source, split):
+        return Example(messages=(("user", f"{source} {label} {split}"),), label=label, source=source, file="f",
+                       group=f"{source}{label}{split}", split=split)
+
+    examples = [ex(lab, src, split) for src in ("a", "b") for lab in (0, 1) for split in ("train", "test")]
+    examples += [ex(0, "negatives-only", split) for split in ("train", "test")]
+    train = [e for e in examples if e.split == "train"]
+    src_tr, y_tr = np.array([e.source for e in train]), np.array([e.label for e in train])
+    own = np.ones(len(train), dtype=bool)
+    assert _loso_sources(examples, src_tr, own, y_tr) == ["a", "b"]
+    one = [e for e in examples if e.source == "a"]
+    one_train = [e for e in one if e.split == "train"]
+    assert _loso_sources(one, np.array([e.source for e in one_train]), np.ones(2, dtype=bool),
+                         np.array([e.label for e in one_train])) == []
