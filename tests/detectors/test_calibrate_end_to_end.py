@@ -25,11 +25,12 @@ def _rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
+        source = "synthetic-sms" if i % 4 < 2 else "synthetic-email"  # two sources, both labels in each
         if i % 2:
             text = f"URGENT! You have won {rng.choice(PRIZES)}. {rng.choice(ACTIONS)} claim your prize."
-            rows.append({"text": text, "label": 1, "source": "synthetic-spam"})
+            rows.append({"text": text, "label": 1, "source": source})
         else:
-            rows.append({"text": f"{rng.choice(NEUTRAL)} {rng.choice(NEUTRAL)}", "label": 0, "source": "synthetic-ham"})
+            rows.append({"text": f"{rng.choice(NEUTRAL)} {rng.choice(NEUTRAL)}", "label": 0, "source": source})
     return rows
 
 
@@ -50,12 +51,25 @@ def test_calibrate_then_eval(tmp_path, capsys):
     train_file = _write(tmp_path / "prize.jsonl", _rows(160, seed=0))
     out, docs = tmp_path / "detectors", tmp_path / "docs"
     rc = main(["calibrate", "--concepts", "prize", "--data", str(train_file), "--data-dir", str(data_dir),
-               "--out", str(out), "--docs", str(docs), "--target-fpr", "0.05", "--no-loso", "--json"])
+               "--out", str(out), "--docs", str(docs), "--target-fpr", "0.05", "--json"])
     assert rc == 0
     spec = DetectorSpec.load(out / "prize.json")
     assert 1 <= len(spec.latents) <= 32
     assert spec.calibration.auroc > 0.9 and spec.status == "enabled"
     assert (docs / "prize.png").stat().st_size > 10_000 and "AUROC" in (docs / "prize.md").read_text()
+    # With two sources, each span choice was also fit without each source and judged on it; the chosen
+    # one's fits are the leave-one-source-out evaluation.
+    report = json.loads((out / "reports" / "prize.json").read_text())
+    chosen = f"{spec.span}/{spec.aggregation}"
+    assert set(report["loso"]) == {"synthetic-sms", "synthetic-email"}
+    assert all(set(v) == {"synthetic-sms", "synthetic-email"} for v in report["unseen_source_auroc_by_choice"].values())
+    unseen = report["unseen_source_auroc_by_choice"][chosen]
+    expected = 0.5 * (report["cv_auroc_by_choice"][chosen] + sum(unseen.values()) / 2)
+    assert abs(spec.calibration.model_extra["span_choice_score"][chosen] - expected) < 1e-3
+    assert spec.calibration.model_extra["span_choice_score"][chosen] == max(
+        spec.calibration.model_extra["span_choice_score"].values())
+    assert all(m["auroc"] > 0.8 for m in report["loso"].values())
+    assert "unseen-source AUROC" in (docs / "prize.md").read_text()
     capsys.readouterr()
 
     held_out = _write(tmp_path / "held_out.jsonl", _rows(40, seed=99))
