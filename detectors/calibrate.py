@@ -62,7 +62,8 @@ class CalibrationConfig:
     aggregations: tuple[str, ...] = AGGREGATIONS
     """Aggregations tried."""
     leave_one_source_out: bool = True
-    """Also fit without each source and score that source."""
+    """Also fit without each source and score that source; the span choice then weighs those scores too
+    (off: the span is chosen by grouped CV alone, and no per-source fits are made)."""
     n_boot: int = 500
     """Bootstrap resamples for intervals."""
     benign_weight: float = 0.5

@@ -188,7 +188,7 @@ def register(sub) -> None:
     cal.add_argument("--max-per-file", type=int, default=1000, help="examples sampled per labelled file")
     cal.add_argument("--max-benign-per-file", type=int, default=None,
                      help="benign rows sampled per benign file (default: all; more rows, lower thresholds)")
-    cal.add_argument("--no-loso", action="store_true", help="skip leave-one-source-out fits")
+    cal.add_argument("--no-loso", action="store_true", help="skip leave-one-source-out fits (the span is then chosen by CV alone)")
     cal.add_argument("--activations-only", action="store_true",
                      help="only compute and cache the examples' activations (e.g. while an SAE trains), then stop")
     cal.add_argument("--model", default=DEFAULT_MODEL_ID)
