@@ -183,6 +183,8 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     # fit without each source ranks that source's train rows
     src_tr = np.array([e.source for e in train])
     loso_sources = _loso_sources(examples, src_tr, own, y_tr) if cfg.leave_one_source_out else []
+    w_without = {src: training_weights(y_tr[src_tr != src], own[src_tr != src], cfg.benign_weight)
+                 for src in loso_sources}  # training weights of each fit made without a source
     choices: dict[str, SpanChoice] = {}
     feats_by_span: dict[str, dict[str, np.ndarray]] = {}
     for span in cfg.spans:
@@ -195,7 +197,7 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
             for src in loso_sources:
                 rest, held = src_tr != src, own & (src_tr == src)
                 without[src] = fit_detector(f[rest], y_tr[rest], g_tr[rest], disc, judged=own[rest],
-                                            sample_weight=training_weights(y_tr[rest], own[rest], cfg.benign_weight))
+                                            sample_weight=w_without[src])
                 unseen[src] = auroc(without[src].score(f[held]), y_tr[held])
             choices[f"{span}/{agg}"] = SpanChoice(det, without, unseen)
     best_key = max(choices, key=lambda k: np.nan_to_num(choices[k].selection_score, nan=-1))
@@ -248,8 +250,7 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
                                  progress=False)[agg]
         s_held = d_src.score(f_held, columns=list(range(len(d_src.latents))))
         pr = fit_probe(dense_features(cache, [train[i] for i in rest_idx], span=span), y_tr[rest_idx],
-                       g_tr[rest_idx], judged=own[rest_idx],
-                       sample_weight=training_weights(y_tr[rest_idx], own[rest_idx], cfg.benign_weight))
+                       g_tr[rest_idx], judged=own[rest_idx], sample_weight=w_without[src])
         y_held = _labels(held)
         loso[src] = {"auroc": auroc(s_held, y_held),
                      "auroc_ci": list(bootstrap_auroc(s_held, y_held, _groups(held), n_boot=cfg.n_boot)),

@@ -109,10 +109,10 @@ def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: 
         lines += ["", ("Span and aggregation chosen by the mean of the grouped 5-fold CV AUROC on the train split and "
                   "the mean AUROC, on each source's train rows, of the fit made without that source:"), "",
                   "| choice | CV AUROC | unseen-source AUROC | score |", "|---|---:|---|---:|"]
-        rows = {k: (cv, sum(unseen[k].values()) / len(unseen[k])) for k, cv in report.cv_auroc_by_choice.items()}
-        for k, (cv, u) in sorted(rows.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+        score = spec.calibration.model_extra["span_choice_score"]  # what calibration chose by
+        for k in sorted(score, key=lambda k: -score[k]):
             per = ", ".join(f"{_short(src)} {a:.3f}" for src, a in unseen[k].items())
-            lines.append(f"| {k} | {cv:.3f} | {per} | {(cv + u) / 2:.3f} |")
+            lines.append(f"| {k} | {report.cv_auroc_by_choice[k]:.3f} | {per} | {score[k]:.3f} |")
     else:
         lines += ["", "Span and aggregation chosen by grouped 5-fold CV AUROC on the train split:", "",
                   "| choice | CV AUROC |", "|---|---:|"]
