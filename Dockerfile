@@ -62,7 +62,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 ENV SAFETY_MONITOR_CACHE=/opt/safety-monitor/cache
 RUN mkdir -p "${SAFETY_MONITOR_CACHE}" \
  && if [ "${BAKE_MODEL_CACHE}" = "1" ]; then \
-      python -c "from monitor.models import load_model; m = load_model(); print('baked', m.model_id, m.d_model)"; \
+      python -c "from monitor.lm.loading import load_model; m = load_model(); print('baked', m.model_id, m.d_model)"; \
     fi \
  && chmod -R a+rX,go-w /opt/safety-monitor
 

@@ -3,7 +3,7 @@ webhook routing, and the Redis dashboard store.
 
 This package knows nothing of torch or SAEs; the sidecar (``monitor``) builds
 :class:`~alerts.schema.Alert` objects and hands them to an
-:class:`~alerts.pipeline.AlertPipeline`.
+:class:`~alerts.delivery.AlertPipeline`.
 """
 
 from alerts.schema import SCHEMA_ID, Alert, LatentActivation, Severity, TokenSpan, uuid7

@@ -198,8 +198,8 @@ def run_tail(args: argparse.Namespace) -> int:
 
 def run_route(args: argparse.Namespace) -> int:
     from alerts.config import RedisConnection
-    from alerts.webhook_router import WebhookRouter
-    from alerts.webhooks import WebhookRegistry
+    from alerts.webhooks.registry import WebhookRegistry
+    from alerts.webhooks.router import WebhookRouter
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = WebhookRouterConfig(

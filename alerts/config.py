@@ -266,7 +266,7 @@ class WebhookRouterConfig:
 
 @dataclass(kw_only=True)
 class AlertsConfig:
-    """Everything the sidecar needs to build an :class:`alerts.pipeline.AlertPipeline`.
+    """Everything the sidecar needs to build an :class:`alerts.delivery.AlertPipeline`.
 
     With the defaults nothing needs a server: alerts go to the console. Set ``kafka`` to publish
     (through the outbox), ``redis`` to feed the dashboard, ``jsonl_path`` to append to a local file.

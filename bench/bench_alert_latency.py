@@ -36,7 +36,8 @@ from sidecar_harness import (
 )
 
 from detectors.scoring import DetectorBank
-from monitor.wire import ROLE_RESPONSE, ActivationBatch
+from detectors.spans import ROLE_RESPONSE
+from monitor.wire import ActivationBatch
 
 TARGET_P99_MS = 50.0
 TOPIC = "safety-monitor.alerts"

@@ -20,14 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detectors.activations import ActivationCache
-from detectors.data import BENIGN_FILES, CONCEPT_FILES, load_file
-from detectors.features import latent_features
+from detectors.calibration.activation_cache import ActivationCache
+from detectors.calibration.data import BENIGN_FILES, CONCEPT_FILES, load_file
+from detectors.calibration.span_features import latent_features
 from detectors.spec import load_specs
 from monitor.artifacts import default_sae_dir
-from monitor.models import DEFAULT_LAYER, load_model
+from monitor.cli.detector_jobs import example_activations
+from monitor.defaults import DEFAULT_LAYER
+from monitor.dictionary.corpus import default_data_dir
+from monitor.lm.loading import load_model
 from monitor.sae import FrozenSAE
-from monitor.sae_data import default_data_dir
 
 
 def main() -> None:
@@ -50,7 +52,8 @@ def main() -> None:
         for dtype in ("float32", "bfloat16"):
             cache = ActivationCache(Path(tmp), lm.model_id, DEFAULT_LAYER, compute_dtype=dtype)
             t0 = time.perf_counter()
-            cache.ensure(lm, examples, progress=not args.json)
+            cache.ensure(examples, example_activations(lm, DEFAULT_LAYER, context=cache.context, compute_dtype=dtype),
+                         progress=not args.json)
             seconds[dtype] = time.perf_counter() - t0
             scores[dtype] = {
                 s.name: s.bias + latent_features(cache, sae, examples, span=s.span, aggregations=(s.aggregation,),

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from monitor.sae_train import BatchTopKSAE, SelectedPreactivations, _batch_topk
+from monitor.dictionary.train import BatchTopKSAE, SelectedPreactivations, _batch_topk
 
 D_IN, D_SAE, K, BATCH = 576, 9216, 64, 2048
 PHASES = ("forward", "select", "decode", "backward", "optimiser")

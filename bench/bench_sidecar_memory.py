@@ -32,8 +32,8 @@ from sidecar_harness import (
     write_config,
 )
 
+from detectors.spans import ROLE_RESPONSE
 from monitor.sae import FrozenSAE
-from monitor.wire import ROLE_RESPONSE
 
 TARGET_MB = 500
 

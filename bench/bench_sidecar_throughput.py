@@ -154,10 +154,10 @@ def run_http(side: SidecarProcess, kind: str, n: int, clients: int) -> dict:
 
 def run_in_process(sae, specs, kind: str, n: int) -> dict:
     """Decode + queue + score without HTTP: the scoring path alone, on this thread and the worker."""
-    from alerts.pipeline import AlertPipeline
-    from monitor.alert_emitter import AlertEmitter
-    from monitor.metrics import SidecarMetrics
-    from monitor.pipeline import ScoringPipeline
+    from alerts.delivery import AlertPipeline
+    from monitor.service.alert_emitter import AlertEmitter
+    from monitor.service.prometheus import SidecarMetrics
+    from monitor.service.scoring_pipeline import ScoringPipeline
     from monitor.wire import ActivationBatch, WireLimits
 
     metrics = SidecarMetrics()

@@ -28,9 +28,9 @@ import time
 import torch
 from sidecar_harness import free_port, machine
 
-from monitor.http_sink import HttpActivationSink, HttpSinkConfig
-from monitor.models import load_model
-from monitor.tap import ActivationTap
+from monitor.lm.http_sink import HttpActivationSink, HttpSinkConfig
+from monitor.lm.loading import load_model
+from monitor.lm.tap import ActivationTap
 
 LAYER = 15
 TARGETS = {"inproc": 3.0, "http": 5.0}

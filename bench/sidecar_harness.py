@@ -20,9 +20,10 @@ import httpx
 import psutil
 import torch
 
+from detectors.spans import ROLE_PROMPT, ROLE_RESPONSE
 from detectors.spec import DetectorSpec
 from monitor.sae import FrozenSAE, SAEConfig
-from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE, ActivationBatch
+from monitor.wire import ActivationBatch
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"

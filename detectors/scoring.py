@@ -13,11 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from detectors.spec import DetectorSpec
-from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE
-
-_SPAN_ROLES = {"prompt": (ROLE_PROMPT,), "response": (ROLE_RESPONSE,), "all": (ROLE_PROMPT, ROLE_RESPONSE),
-               "final_turn": (ROLE_PROMPT, ROLE_RESPONSE)}
+from detectors.spans import ROLE_RESPONSE, ROLES, span_roles
+from detectors.spec import DetectorSpec, linear_score
 
 
 @dataclass(frozen=True)
@@ -25,7 +22,6 @@ class _Compiled:
     spec: DetectorSpec
     cols: torch.Tensor  # positions of this detector's latents in the bank's union
     weights: torch.Tensor  # [k]
-    roles: tuple[int, ...]
 
 
 class DetectorBank:
@@ -39,7 +35,7 @@ class DetectorBank:
         where = {lat: j for j, lat in enumerate(union)}
         self._compiled = [
             _Compiled(s, torch.tensor([where[i] for i in s.latents], dtype=torch.long),
-                      torch.tensor(s.weights, dtype=torch.float32), _SPAN_ROLES[s.span])
+                      torch.tensor(s.weights, dtype=torch.float32))
             for s in specs
         ]
 
@@ -64,9 +60,9 @@ class RequestScores:
         n = len(bank.latents)
         self.n_tokens = 0
         # Per role: running max and sum of every union latent, and the token count; detectors pick theirs.
-        self._max = {r: torch.zeros(n) for r in (ROLE_PROMPT, ROLE_RESPONSE)}
-        self._sum = {r: torch.zeros(n) for r in (ROLE_PROMPT, ROLE_RESPONSE)}
-        self._count = {ROLE_PROMPT: 0, ROLE_RESPONSE: 0}
+        self._max = {r: torch.zeros(n) for r in ROLES}
+        self._sum = {r: torch.zeros(n) for r in ROLES}
+        self._count = dict.fromkeys(ROLES, 0)
 
     def update(self, z: torch.Tensor, roles: torch.Tensor) -> None:
         """Add tokens: ``z [n, len(bank.latents)]`` latent values, ``roles [n]`` uint8."""
@@ -74,7 +70,7 @@ class RequestScores:
             return
         z = z.float()
         self.n_tokens += z.shape[0]
-        for r in (ROLE_PROMPT, ROLE_RESPONSE):
+        for r in ROLES:
             sel = roles == r
             n = int(sel.sum())
             if n == 0:
@@ -87,9 +83,7 @@ class RequestScores:
     def features(self, detector: int) -> torch.Tensor | None:
         """Aggregated latent values ``[k]`` of one detector, or None when its span has no tokens yet."""
         c = self.bank._compiled[detector]
-        roles = c.roles
-        if c.spec.span == "final_turn":
-            roles = (ROLE_RESPONSE,) if self._count[ROLE_RESPONSE] else (ROLE_PROMPT,)
+        roles = span_roles(c.spec.span, has_response=self._count[ROLE_RESPONSE] > 0)
         count = sum(self._count[r] for r in roles)
         if count == 0:
             return None
@@ -105,7 +99,7 @@ class RequestScores:
         if f is None:
             return None
         c = self.bank._compiled[detector]
-        return float(c.spec.bias + (c.weights * f).sum())
+        return float(linear_score(c.spec.bias, c.weights, f))
 
     def scores(self) -> dict[str, float | None]:
         return {s.name: self.score(i) for i, s in enumerate(self.bank.specs)}

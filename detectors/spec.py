@@ -15,10 +15,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from detectors.spans import Span
 
 SCHEMA = "safety-monitor.detector/v1"
 MAX_LATENTS = 64
+
+
+def linear_score(bias: float, weights, features):
+    """The detector score, ``bias + features @ weights``: the one definition of the scoring rule.
+
+    ``features [..., k]``: the detector's aggregated latent values in spec order; ``weights [k]``. NumPy or
+    torch in, the same kind out (``[...]``). The sidecar's batched scorer (``RequestTable.scores``) is this
+    rule for many requests and detectors in one matrix product, and is tested equal to it.
+    """
+    return bias + features @ weights
 
 
 class SpecError(ValueError):
@@ -59,8 +73,8 @@ class DetectorSpec(BaseModel):
     weights: list[float]
     bias: float = 0.0
     aggregation: Literal["max", "mean"] = "max"
-    span: Literal["prompt", "response", "all", "final_turn"] = "all"
-    """Tokens scored: ``final_turn`` is the response once the request has one, else the prompt."""
+    span: Span = "all"
+    """Tokens scored (``detectors.spans``): ``final_turn`` is the response once the request has one, else the prompt."""
     threshold: float
     severity_thresholds: dict[Literal["medium", "high", "critical"], float] = Field(
         default_factory=dict, description="Score at or above which an alert is at least this severe (else low).")
@@ -91,6 +105,12 @@ class DetectorSpec(BaseModel):
             if cut is not None and score >= cut:
                 level = name
         return level
+
+    def score(self, features):
+        """``linear_score`` with this spec's bias and weights: ``features [..., k]`` in ``latents`` order."""
+        w = torch.as_tensor(self.weights, dtype=features.dtype) if isinstance(features, torch.Tensor) \
+            else np.asarray(self.weights)
+        return linear_score(self.bias, w, features)
 
     # ----------------------------------------------------------------- I/O
     def to_json(self) -> str:

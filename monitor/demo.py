@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from monitor.chat import render_chat
+from monitor.lm.chat import render_chat
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,10 @@ class ConversationResult:
 
 def run_demo(out: Path, *, max_new_tokens: int = 40, conversations=CONVERSATIONS, progress=print) -> tuple[list, dict]:
     """Generate and score every conversation; returns results and the loaded detectors ``{name: spec}``."""
-    from monitor.models import load_model
-    from monitor.settings import load_settings
-    from monitor.sidecar import Sidecar
-    from monitor.tap import ActivationTap
+    from monitor.lm.loading import load_model
+    from monitor.lm.tap import ActivationTap
+    from monitor.service.settings import load_settings
+    from monitor.service.sidecar import Sidecar
 
     out.mkdir(parents=True, exist_ok=True)
     settings = load_settings(alerts={"console": False, "jsonl_path": str(out / "alerts.jsonl"),

@@ -31,13 +31,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
-from monitor.api_models import REQUEST_ID_PATTERN
-from monitor.chat import render_chat
-from monitor.http_sink import HttpActivationSink, HttpSinkConfig
-from monitor.models import LoadedModel
-from monitor.settings import Settings
-from monitor.tap import ActivationTap
-from monitor.wire import ROLE_PROMPT
+from detectors.spans import ROLE_PROMPT
+from monitor.lm.chat import render_chat
+from monitor.lm.http_sink import HttpActivationSink, HttpSinkConfig
+from monitor.lm.loading import LoadedModel
+from monitor.lm.tap import ActivationTap
+from monitor.service.api_models import REQUEST_ID_PATTERN
+from monitor.service.settings import Settings
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 

@@ -1,7 +1,7 @@
 """Shared fixtures: the default model (loaded once per session) and writers of small random SAEs.
 
 The SAE writers produce each format from its published description (file names, tensor names and
-orientation), independently of ``monitor.sae_formats``, so a reader that gets a format wrong fails.
+orientation), independently of ``monitor.sae.formats``, so a reader that gets a format wrong fails.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ K = 8
 
 @pytest.fixture(scope="session")
 def default_model():
-    """The embedded SmolLM2-135M-Instruct (float32), loaded once: ``monitor.models.LoadedModel``."""
-    from monitor.models import load_model
+    """The embedded SmolLM2-135M-Instruct (float32), loaded once: ``monitor.lm.loading.LoadedModel``."""
+    from monitor.lm.loading import load_model
 
     return load_model()
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monitor.chat import render_chat, row_messages
-from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE
+from detectors.calibration.data import row_messages
+from detectors.spans import ROLE_PROMPT, ROLE_RESPONSE
+from monitor.lm.chat import render_chat
 
 
 @pytest.fixture(scope="module")

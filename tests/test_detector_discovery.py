@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.discover import DiscoveryConfig, _prune, fit_detector, rank_latents
-from detectors.metrics import auroc
+from detectors.calibration.discover import DiscoveryConfig, _prune, fit_detector, rank_latents
+from detectors.calibration.stats import auroc
 
 
 def _sparse_latents(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
@@ -85,7 +85,7 @@ def test_judged_rows_choose_the_concept_contrast_not_the_benign_one():
 
 
 def test_training_weights_give_benign_rows_a_fixed_share_of_the_negatives():
-    from detectors.calibrate import training_weights
+    from detectors.calibration.calibrate import training_weights
 
     labels = np.r_[np.ones(10), np.zeros(30), np.zeros(960)]
     own = np.arange(1000) < 40
@@ -97,13 +97,13 @@ def test_training_weights_give_benign_rows_a_fixed_share_of_the_negatives():
 
 
 def _detector(cv: float):
-    from detectors.discover import LinearDetector
+    from detectors.calibration.discover import LinearDetector
 
     return LinearDetector(latents=[0], weights=[1.0], bias=0.0, cv_auroc=cv)
 
 
 def test_the_span_choice_that_generalises_across_sources_beats_a_slightly_better_cv():
-    from detectors.calibrate import SpanChoice
+    from detectors.calibration.calibrate import SpanChoice
 
     all_tokens = SpanChoice(_detector(0.996), {}, {"persona": 0.92, "repe": 0.35})
     prompt = SpanChoice(_detector(0.990), {}, {"persona": 0.85, "repe": 0.80})
@@ -113,8 +113,8 @@ def test_the_span_choice_that_generalises_across_sources_beats_a_slightly_better
 
 
 def test_leave_one_source_out_needs_both_labels_in_and_without_the_source():
-    from detectors.calibrate import _loso_sources
-    from detectors.data import Example
+    from detectors.calibration.calibrate import _loso_sources
+    from detectors.calibration.data import Example
 
     def ex(label, source, split):
         return Example(messages=(("user", f"{source} {label} {split}"),), label=label, source=source, file="f",

@@ -7,8 +7,14 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from detectors.metrics import auroc, auroc_columns, bootstrap_auroc, clopper_pearson, threshold_metrics
-from detectors.thresholds import CalibrationError, conformal_threshold, min_benign_samples
+from detectors.calibration.stats import (
+    auroc,
+    auroc_columns,
+    bootstrap_auroc,
+    clopper_pearson,
+    threshold_metrics,
+)
+from detectors.calibration.thresholds import CalibrationError, conformal_threshold, min_benign_samples
 
 
 def test_auroc_matches_sklearn_with_ties():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from detectors.scoring import DetectorBank, score_tokens
+from detectors.spans import ROLE_PROMPT, ROLE_RESPONSE
 from detectors.spec import DetectorSpec, SpecError, load_specs
-from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE
 
 SHA = "ab" * 32
 

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.collect import CollectConfig, collect, open_activations
-from monitor.sae import FrozenSAE, SAEConfig
-from monitor.sae_data import Document
-from monitor.sae_eval import evaluate_sae
-from monitor.sae_train import (
+from monitor.dictionary.collect import CollectConfig, collect, open_activations
+from monitor.dictionary.corpus import Document
+from monitor.dictionary.evaluate import evaluate_sae
+from monitor.dictionary.train import (
     ActivationStore,
     BatchTopKSAE,
     SelectedPreactivations,
@@ -21,6 +20,7 @@ from monitor.sae_train import (
     to_frozen,
     train_sae,
 )
+from monitor.sae import FrozenSAE, SAEConfig
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog near the river bank.",
@@ -232,7 +232,7 @@ def test_extra_activation_sequences_widen_only_the_activation_metrics(default_mo
 
 
 def test_outlier_tokens_are_left_out_of_the_activation_metrics():
-    from monitor.sae_eval import _ActivationStats
+    from monitor.dictionary.evaluate import _ActivationStats
 
     sae = _zero_sae(4)
     stats = _ActivationStats(sae, max_norm_ratio=10.0)

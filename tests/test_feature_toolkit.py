@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from monitor.artifacts import default_sae_dir
-from monitor.encode_text import tap_text
-from monitor.features import (
+from monitor.sae import FrozenSAE
+from monitor.toolkit.encode_text import tap_text
+from monitor.toolkit.feature_index import (
     FeatureIndex,
     build_index,
     latent_contexts,
@@ -17,8 +18,7 @@ from monitor.features import (
     render_terminal,
     search,
 )
-from monitor.sae import FrozenSAE
-from monitor.steer import LatentClamp, steer
+from monitor.toolkit.steering import LatentClamp, steer
 
 LAYER = 15
 TEXTS = ["The cat sat on the mat and purred.", "Call now to claim your free prize!", "Paris is the capital of France."]

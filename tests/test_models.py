@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from monitor import models
-from monitor.models import DEFAULT_GGUF_FILE, INSTALL_HINT, ModelLoadError, load_model, truncated
-from monitor.tap import ActivationTap, CollectingSink
+from monitor.lm import loading as models
+from monitor.lm.loading import DEFAULT_GGUF_FILE, INSTALL_HINT, ModelLoadError, load_model, truncated
+from monitor.lm.tap import ActivationTap, CollectingSink
 
 
 def _default_cache_dir():

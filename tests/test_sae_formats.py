@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from monitor.sae import FrozenSAE, SAEConfig, SAELoadError, weights_sha256
-from monitor.sae_formats import detect_format
+from monitor.sae.formats import detect_format
 
 # Per architecture: writers of the same canonical weights in every format that can express them,
 # with the b_dec rule each format implies made to agree.

@@ -9,8 +9,10 @@ import time
 import pytest
 import torch
 
-from monitor.tap import ActivationTap, CollectingSink, hook_name, resolve_module
-from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE, ActivationBatch
+from detectors.spans import ROLE_PROMPT, ROLE_RESPONSE
+from monitor.defaults import hook_name
+from monitor.lm.tap import ActivationTap, CollectingSink, resolve_module
+from monitor.wire import ActivationBatch
 
 LAYER = 15
 PROMPTS = ["Hi", "The capital of France is a city called", "Write a poem about the sea and"]

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
-from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE, SCHEMA, ActivationBatch, WireFormatError, WireLimits
+from detectors.spans import ROLE_PROMPT, ROLE_RESPONSE
+from monitor.wire import SCHEMA, ActivationBatch, WireFormatError, WireLimits
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 FLOAT_WIDTH = {torch.float16: 16, torch.bfloat16: 32, torch.float32: 32}

@@ -14,9 +14,9 @@ import sys
 import time
 
 from alerts.config import KafkaConnection, PublisherConfig
+from alerts.delivery import AlertPipeline
 from alerts.kafka_publisher import KafkaAlertPublisher
 from alerts.outbox import AlertOutbox
-from alerts.pipeline import AlertPipeline
 from alerts.schema import Alert
 
 

@@ -126,7 +126,7 @@ def test_schema_command_prints_the_published_schema(tmp_path):
 def test_route_command_delivers_to_a_registered_webhook(kafka_broker, redis_server, topic):
     from alerts_testkit import Receiver
 
-    from alerts.webhooks import (
+    from alerts.webhooks.registry import (
         SIGNATURE_HEADER,
         TIMESTAMP_HEADER,
         WebhookRegistry,

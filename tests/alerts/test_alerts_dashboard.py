@@ -13,11 +13,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from alerts.config import RedisConnection, StoreConfig
-from alerts.dashboard import dashboard_router
-from alerts.dashboard_models import CalibrationSummary, DetectorThreshold
-from alerts.pipeline import AlertPipeline
+from alerts.dashboard.models import CalibrationSummary, DetectorThreshold
+from alerts.dashboard.redis_store import DashboardStore
+from alerts.dashboard.routes import dashboard_router
+from alerts.delivery import AlertPipeline
 from alerts.schema import Alert
-from alerts.store import DashboardStore
 
 pytestmark = pytest.mark.redis
 

@@ -9,9 +9,9 @@ import pytest
 from alerts_testkit import TansuBroker, free_port, headers_of, make_alert, read_topic, wait_until
 
 from alerts.config import KafkaConnection, PublisherConfig
+from alerts.delivery import AlertPipeline
 from alerts.kafka_publisher import KafkaAlertPublisher, producer_settings
 from alerts.outbox import AlertOutbox
-from alerts.pipeline import AlertPipeline
 from alerts.schema import SCHEMA_ID, Alert
 
 pytestmark = pytest.mark.kafka

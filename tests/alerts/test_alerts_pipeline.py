@@ -8,10 +8,10 @@ import json
 from alerts_testkit import make_alert
 
 from alerts.config import AlertsConfig, KafkaConnection, OutboxConfig, StoreConfig
-from alerts.dashboard_models import CalibrationSummary, DetectorThreshold
-from alerts.memory_store import InMemoryDashboardStore
+from alerts.dashboard.memory_store import InMemoryDashboardStore
+from alerts.dashboard.models import CalibrationSummary, DetectorThreshold
+from alerts.delivery import AlertPipeline
 from alerts.outbox import AlertOutbox
-from alerts.pipeline import AlertPipeline
 from alerts.sinks import ConsoleSink, JsonlSink, format_alert
 
 
@@ -117,7 +117,7 @@ def test_format_alert_shows_latents_and_snippet():
 def test_prometheus_metrics(tmp_path):
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from alerts.metrics import AlertMetricsCollector
+    from alerts.prometheus import AlertMetricsCollector
 
     outbox = AlertOutbox(OutboxConfig(path=str(tmp_path / "o.sqlite3"), max_rows=2))
     pipeline = AlertPipeline(outbox=outbox, store=InMemoryDashboardStore(StoreConfig(model="m")))

@@ -23,10 +23,10 @@ from alerts_testkit import HERE, TopicCollector, make_alert, read_topic, run_pyt
 
 from alerts import SubscriberStats, subscribe
 from alerts.config import KafkaConnection, PublisherConfig, RedisConnection, StoreConfig
+from alerts.dashboard.redis_store import DashboardStore
+from alerts.delivery import AlertPipeline
 from alerts.kafka_publisher import KafkaAlertPublisher
 from alerts.outbox import AlertOutbox
-from alerts.pipeline import AlertPipeline
-from alerts.store import DashboardStore
 
 pytestmark = [pytest.mark.reliability, pytest.mark.kafka]
 

@@ -9,8 +9,8 @@ from alerts_testkit import make_alert, wait_until
 from redis.crc import key_slot
 
 from alerts.config import RedisConnection, StoreConfig
-from alerts.dashboard_models import CalibrationSummary, DetectorThreshold
-from alerts.store import DashboardStore
+from alerts.dashboard.models import CalibrationSummary, DetectorThreshold
+from alerts.dashboard.redis_store import DashboardStore
 
 pytestmark = pytest.mark.redis
 

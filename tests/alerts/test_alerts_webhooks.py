@@ -14,9 +14,8 @@ from fastapi.testclient import TestClient
 
 from alerts.config import KafkaConnection, WebhookRouterConfig
 from alerts.schema import Alert
-from alerts.webhook_api import webhook_admin_router
-from alerts.webhook_router import DEAD_LETTER_SCHEMA, WebhookRouter
-from alerts.webhooks import (
+from alerts.webhooks.api import webhook_admin_router
+from alerts.webhooks.registry import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -25,6 +24,7 @@ from alerts.webhooks import (
     sign,
     verify_signature,
 )
+from alerts.webhooks.router import DEAD_LETTER_SCHEMA, WebhookRouter
 
 
 @pytest.fixture()

@@ -92,9 +92,9 @@ def test_activations_only_fills_a_bfloat16_cache_close_to_float32(default_model,
     bf16-autocast activations are within 2 % (relative) of the float32 ones."""
     import numpy as np
 
-    from detectors.activations import ActivationCache
-    from detectors.data import load_file
-    from monitor import cli_detectors
+    from detectors.calibration.activation_cache import ActivationCache
+    from detectors.calibration.data import load_file
+    from monitor.cli import detector_jobs as cli_detectors
 
     data_dir = tmp_path / "data"
     _write(data_dir / "benign" / "alpaca_instructions.jsonl", [{"text": t, "label": 0} for t in NEUTRAL[:4]])

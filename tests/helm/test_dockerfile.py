@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitor.settings import ModelServerSettings, ServerSettings
+from monitor.service.settings import ModelServerSettings, ServerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -122,8 +122,8 @@ def test_build_context_keeps_sources_and_artifacts_and_drops_the_rest():
     needed = [
         "pyproject.toml",
         "README.md",
-        "monitor/cli.py",
-        "monitor/settings.py",
+        "monitor/cli/commands.py",
+        "monitor/service/settings.py",
         "alerts/cli.py",
         "detectors/spec.py",
         "artifacts/defaults.json",

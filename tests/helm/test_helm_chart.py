@@ -1,7 +1,7 @@
 """The Helm chart, rendered and linted by Helm's Go SDK for every ci/*-values.yaml scenario.
 
 What matters is checked against the application itself, not against copies of its numbers: the
-rendered settings file is loaded with ``monitor.settings.load_settings`` under the environment the pod
+rendered settings file is loaded with ``monitor.service.settings.load_settings`` under the environment the pod
 would have; probe paths are routes of the real FastAPI apps; every ``safety-monitor ...`` command the
 chart runs is parsed by the real CLI parser.
 """
@@ -35,7 +35,7 @@ from helm_testkit import (
     volume,
 )
 
-from monitor.settings import ENV_PREFIX, ModelServerSettings, ServerSettings, Settings, load_settings
+from monitor.service.settings import ENV_PREFIX, ModelServerSettings, ServerSettings, Settings, load_settings
 
 SCENARIOS = scenario_files()
 SCENARIO_IDS = [p.name.removesuffix("-values.yaml") for p in SCENARIOS]
@@ -208,7 +208,7 @@ def pod_environment(c: dict[str, Any]) -> dict[str, str]:
 
 
 def load_pod_settings(r: Rendered, c: dict[str, Any], tmp_path: Path, monkeypatch) -> Settings:
-    """Load the rendered settings.yaml with monitor.settings, under container ``c``'s environment."""
+    """Load the rendered settings.yaml with monitor.service.settings, under container ``c``'s environment."""
     path = tmp_path / f"{c['name']}-settings.yaml"
     path.write_text(r.settings_yaml())
     for key in list(os.environ):
@@ -238,7 +238,7 @@ def _settings_paths() -> set[str]:
     return out
 
 
-# Variables the code reads outside the settings model (monitor/models.py: the model cache).
+# Variables the code reads outside the settings model (monitor/lm/loading.py: the model cache).
 NON_SETTINGS_ENV = {"SAFETY_MONITOR_CACHE"}
 
 
@@ -325,8 +325,8 @@ def test_ports_default_to_the_apps_defaults(chart: ChartKit):
 @pytest.fixture(scope="module")
 def app_routes() -> dict[str, set[str]]:
     """Paths served by the real sidecar and example model-server apps (built around stand-ins)."""
-    from monitor.app import create_app
     from monitor.model_server import create_model_server_app
+    from monitor.service.app import create_app
 
     settings = Settings(auth={"disabled": True}, dashboard={"enabled": False})
     sidecar_app = create_app(MagicMock(settings=settings))
@@ -364,7 +364,7 @@ def _cli_commands(r: Rendered) -> list[list[str]]:
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=SCENARIO_IDS)
 def test_every_command_parses_with_the_real_cli(chart: ChartKit, scenario: Path):
-    from monitor.cli import build_parser
+    from monitor.cli.commands import build_parser
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
@@ -472,7 +472,7 @@ def test_webhook_router_gets_what_the_alerts_cli_reads(chart: ChartKit, monkeypa
     from redis.connection import parse_url
 
     from alerts.config import KafkaConnection, RedisConnection
-    from monitor.cli import build_parser
+    from monitor.cli.commands import build_parser
 
     values = load_values(BY_NAME["external-secrets"])
     r = chart.render_scenario(BY_NAME["external-secrets"])
@@ -589,7 +589,7 @@ def test_inconsistent_values_fail_with_a_message(chart: ChartKit, extra, message
 
 
 def test_grace_period_covers_drain_and_outbox_flush(chart: ChartKit):
-    from monitor.settings import ServerSettings
+    from monitor.service.settings import ServerSettings
 
     pod = chart.render_scenario(BY_NAME["default"]).pod()
     drain = ServerSettings.model_fields["shutdown_drain_s"].default

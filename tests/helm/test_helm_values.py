@@ -1,5 +1,5 @@
 """The chart's values contract: the schema rejects typos (Helm's own validator), stays in step with
-``monitor.settings``, closes every object, and the README documents every value."""
+``monitor.service.settings``, closes every object, and the README documents every value."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _tools():
 def test_config_schema_is_generated_from_the_settings_model():
     tools = _tools()
     assert tools.updated_schema(SCHEMA) == SCHEMA, (
-        "values.schema.json is out of date with monitor/settings.py: run .venv/bin/python helm/tools/settings_schema.py"
+        "values.schema.json is out of date with monitor/service/settings.py: run .venv/bin/python helm/tools/settings_schema.py"
     )
 
 

@@ -12,10 +12,10 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sidecar_testkit import free_port, make_sae, make_settings, make_spec, wait_http
 
-from monitor.app import create_app
 from monitor.sae import FrozenSAE
-from monitor.settings import Settings
-from monitor.sidecar import Sidecar
+from monitor.service.app import create_app
+from monitor.service.settings import Settings
+from monitor.service.sidecar import Sidecar
 
 
 @pytest.fixture()

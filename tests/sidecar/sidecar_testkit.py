@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
+from detectors.spans import ROLE_PROMPT, ROLE_RESPONSE
 from detectors.spec import DetectorSpec
 from monitor.sae import FrozenSAE, SAEConfig
-from monitor.settings import Settings, load_settings
-from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE, ActivationBatch
+from monitor.service.settings import Settings, load_settings
+from monitor.wire import ActivationBatch
 
 REPO = Path(__file__).resolve().parents[2]
 D_IN = 16

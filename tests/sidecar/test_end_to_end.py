@@ -30,10 +30,10 @@ from sidecar_testkit import (
 
 from detectors.scoring import DetectorBank
 from detectors.spec import DetectorSpec
+from monitor.lm.tap import CollectingSink
 from monitor.model_server import ChatRequest, ModelServer
 from monitor.sae import FrozenSAE, SAEConfig
-from monitor.settings import load_settings
-from monitor.tap import CollectingSink
+from monitor.service.settings import load_settings
 
 pytestmark = pytest.mark.slow
 
@@ -189,9 +189,9 @@ def test_score_runs_a_text_in_process_and_alerts_like_live_traffic(default_model
     from fastapi.testclient import TestClient
     from sidecar_testkit import INGEST_AUTH, make_settings
 
-    from monitor.app import create_app
-    from monitor.metrics import SidecarMetrics
-    from monitor.sidecar import Sidecar, build_alert_pipeline, read_detectors
+    from monitor.service.app import create_app
+    from monitor.service.prometheus import SidecarMetrics
+    from monitor.service.sidecar import Sidecar, build_alert_pipeline, read_detectors
 
     sae = random_sae(tmp_path / "sae")
     settings = make_settings(tmp_path, tmp_path / "sae", tmp_path / "detectors",

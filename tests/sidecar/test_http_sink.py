@@ -9,9 +9,9 @@ import httpx
 import torch
 from sidecar_testkit import INGEST, make_batch, wait_until
 
-from monitor.batch_merge import coalesce, split
-from monitor.http_sink import HttpActivationSink, HttpSinkConfig
+from monitor.lm.http_sink import HttpActivationSink, HttpSinkConfig
 from monitor.wire import ActivationBatch
+from monitor.wire.merge import coalesce, split
 
 
 def tap_chunks() -> list[ActivationBatch]:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from detectors.scoring import DetectorBank
 from detectors.spec import DetectorSpec
-from monitor.request_table import RequestTable, TableFull
+from monitor.service.request_table import RequestTable, TableFull
 
 SHA = "cd" * 32
 

@@ -10,12 +10,13 @@ import pytest
 import torch
 from sidecar_testkit import HOOK, MODEL, make_batch, make_spec, wait_until
 
-from alerts.pipeline import AlertPipeline
+from alerts.delivery import AlertPipeline
 from detectors.scoring import DetectorBank
-from monitor.alert_emitter import AlertEmitter
-from monitor.metrics import SidecarMetrics
-from monitor.pipeline import ScoringPipeline, UnknownRequestError
-from monitor.wire import ROLE_PROMPT, ROLE_RESPONSE, ActivationBatch
+from detectors.spans import ROLE_PROMPT, ROLE_RESPONSE
+from monitor.service.alert_emitter import AlertEmitter
+from monitor.service.prometheus import SidecarMetrics
+from monitor.service.scoring_pipeline import ScoringPipeline, UnknownRequestError
+from monitor.wire import ActivationBatch
 
 
 class ListSink:

@@ -24,8 +24,8 @@ from sidecar_testkit import (
 
 from alerts.outbox import AlertOutbox
 from alerts.schema import Alert
-from monitor.app import create_app
-from monitor.sidecar import Sidecar
+from monitor.service.app import create_app
+from monitor.service.sidecar import Sidecar
 
 POST = {**INGEST_AUTH, **SAFETENSORS}
 

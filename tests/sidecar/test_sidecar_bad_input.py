@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save as st_save
 from sidecar_testkit import ADMIN_AUTH, INGEST_AUTH, SAFETENSORS, make_batch, make_settings
 
-from monitor.app import create_app
-from monitor.sidecar import Sidecar
+from monitor.service.app import create_app
+from monitor.service.sidecar import Sidecar
 from monitor.wire import SCHEMA
 
 POST = {**INGEST_AUTH, **SAFETENSORS}

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sidecar_testkit import ADMIN, INGEST, INGEST_AUTH, SAFETENSORS, make_batch
 
-from monitor.app import create_app
-from monitor.sidecar import Sidecar
+from monitor.service.app import create_app
+from monitor.service.sidecar import Sidecar
 
 POST = {**INGEST_AUTH, **SAFETENSORS}
 ALLOWED = {202, 400, 404, 409, 413}

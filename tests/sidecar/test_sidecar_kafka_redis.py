@@ -17,8 +17,8 @@ from sidecar_testkit import (
     wait_until,
 )
 
-from monitor.app import create_app
-from monitor.sidecar import Sidecar
+from monitor.service.app import create_app
+from monitor.service.sidecar import Sidecar
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 TOPIC = "sidecar-test.alerts"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sidecar_testkit import ADMIN, INGEST, console_script, subprocess_env
 
-from monitor.settings import SettingsError, load_settings
+from monitor.service.settings import SettingsError, load_settings
 
 TOKENS = {"ingest_token": INGEST, "admin_token": ADMIN}
 
@@ -115,8 +115,8 @@ def test_serve_refuses_an_sae_with_the_wrong_pin(tmp_path, sae_dir):
 
 
 def test_the_settings_reference_in_the_docs_is_current():
-    from monitor.settings_doc import END, START, settings_reference
+    from monitor.service.settings_doc import END, START, settings_reference
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "sidecar.md").read_text()
     block = text[text.index(START) : text.index(END) + len(END)]
-    assert block == settings_reference(), "regenerate it: python -m monitor.settings_doc docs/sidecar.md"
+    assert block == settings_reference(), "regenerate it: python -m monitor.service.settings_doc docs/sidecar.md"

@@ -206,7 +206,7 @@ Checks that templates cannot express in the schema; each failure says which valu
 {{- end }}
 
 {{/*
-The settings file (monitor/settings.py) as YAML: `config` merged with the keys the chart owns.
+The settings file (monitor/service/settings.py) as YAML: `config` merged with the keys the chart owns.
 The schema rejects the owned keys inside `config`, so nothing is silently overridden.
 */}}
 {{- define "safety-monitor.settings" -}}

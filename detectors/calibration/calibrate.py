@@ -1,0 +1,318 @@
+"""``safety-monitor calibrate``: discover, fit, threshold and evaluate one detector per concept.
+
+Per concept, on the pair-aware splits of ``detectors.calibration.data``:
+
+* train split (the concept's examples plus every benign train row as extra negatives): choose span
+  and aggregation, select latents, fit the linear detector (``discover``), and fit the dense probe
+  baseline on the same examples and span (``probe``); both rank and choose by how they separate the
+  concept's own examples, while the benign rows teach them to stay quiet on everyday traffic;
+* the span and aggregation are chosen by the mean of two AUROCs: grouped CV on the train split (text
+  like the training text), and, where the concept has several sources, the mean over sources of a
+  detector fit without that source and scored on that source's train rows (text of a kind it never
+  saw). Chosen by CV alone, the deception detector read every token (``all``), and fit without the
+  RepE source it ranked that source backwards (0.35); the prompt span generalised. The held-out
+  source's calibration and test rows stay out of the choice, so the leave-one-source-out numbers
+  reported below are not selected on;
+* calibration split: the threshold, from benign traffic (the ``benign/`` files and the concept's own
+  negatives) at the target FPR with a one-sided guarantee (``thresholds``); severity cut-offs at
+  a third, a tenth and a thirtieth of that FPR where enough benign samples exist;
+* test split: AUROC with a bootstrap interval, recall and FPR at the threshold with exact intervals,
+  per source too; FPR on benign test rows the calibration never saw;
+* leave-one-source-out: for concepts with several sources, the detector fit without a source (while
+  choosing the span) is scored on that source's calibration and test rows — how well it generalises
+  to text it has never seen;
+* check sets (``data.CHECK_FILES``) are only scored, never fitted on, e.g. TruthfulQA for deception;
+* a detector is marked ``no_signal`` (shipped for the record, never enabled by default) when its test
+  AUROC interval reaches 0.5, when its recall interval overlaps its FPR interval, or when it does not
+  generalise: for every held-out source, the AUROC interval of the leave-one-source-out fit reaches
+  0.5, or for some held-out source it lies entirely below 0.5 (a detector that only works on the
+  sources it was fit on, or inverts on a new one, has learned the sources, not the concept).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from detectors.calibration.activation_cache import ActivationCache
+from detectors.calibration.data import Example, by_split
+from detectors.calibration.discover import DiscoveryConfig, LinearDetector, fit_detector, rank_latents
+from detectors.calibration.probe import fit_probe
+from detectors.calibration.span_features import AGGREGATIONS, dense_features, latent_features
+from detectors.calibration.stats import auroc, bootstrap_auroc, threshold_metrics
+from detectors.calibration.thresholds import conformal_threshold
+from detectors.spec import CalibrationRecord, DetectorSpec
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What a calibration run targets."""
+
+    target_fpr: float = 0.01
+    """False-positive rate the threshold is chosen for."""
+    delta: float = 0.05
+    """1 - confidence of the FPR guarantee."""
+    spans: tuple[str, ...] = ("all", "prompt", "response", "final_turn")
+    """Spans tried."""
+    aggregations: tuple[str, ...] = AGGREGATIONS
+    """Aggregations tried."""
+    leave_one_source_out: bool = True
+    """Also fit without each source and score that source; the span choice then weighs those scores too
+    (off: the span is chosen by grouped CV alone, and no per-source fits are made)."""
+    n_boot: int = 500
+    """Bootstrap resamples for intervals."""
+    benign_weight: float = 0.5
+    """Share of the negative class's training weight carried by the benign train rows (all of them
+    join); the concept's own negatives carry the rest, the positives as much as all negatives. Equal
+    say for near misses and everyday traffic: with all 3,942 benign rows at their natural weight
+    (0.87 of it), fit without the multiple-choice power-seeking source the detector ranked that source
+    backwards (0.39); with the benign rows weighted like the concept's negatives but only a sixth as
+    many of them, the scam detector's recall at 1 % FPR was 0.82 instead of 0.89."""
+
+
+@dataclass
+class DetectorReport:
+    """Everything calibration measured for one concept (written as JSON beside the spec)."""
+
+    concept: str
+    status: str
+    status_reason: str
+    span: str
+    aggregation: str
+    cv_auroc_by_choice: dict[str, float]
+    unseen_source_auroc_by_choice: dict[str, dict[str, float]]
+    """Per choice: AUROC on each source's train rows of the fit made without that source."""
+    threshold: float
+    n_benign_calibration: int
+    test: dict
+    test_by_source: dict[str, dict]
+    benign_unseen: dict
+    probe: dict
+    probe_test_by_source: dict[str, dict]
+    loso: dict[str, dict]
+    checks: dict[str, dict]
+    top_latents: list[dict]
+    scores: dict[str, list] = field(default_factory=dict)
+    """Test and benign scores with labels, for plots."""
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _labels(ex: list[Example]) -> np.ndarray:
+    return np.array([e.label for e in ex], dtype=int)
+
+
+def _groups(ex: list[Example]) -> np.ndarray:
+    return np.array([e.group for e in ex])
+
+
+def training_weights(labels: np.ndarray, own: np.ndarray, benign_weight: float) -> np.ndarray:
+    """Row weights summing to the row count: positives half, the concept's own negatives
+    ``(1 - benign_weight) / 2``, the benign rows (``~own``) ``benign_weight / 2``, each group shared equally."""
+    labels, benign = np.asarray(labels), ~np.asarray(own, dtype=bool)
+    benign_share = 0.5 * benign_weight if benign.any() else 0.0  # none: the concept's negatives carry it all
+    w = np.zeros(len(labels))
+    for mask, share in ((labels == 1, 0.5), (~benign & (labels == 0), 0.5 - benign_share), (benign, benign_share)):
+        if mask.any():
+            w[mask] = share * len(labels) / mask.sum()
+    return w
+
+
+@dataclass
+class SpanChoice:
+    """One span and aggregation tried: its detector, and how its recipe generalises across sources."""
+
+    detector: LinearDetector
+    without: dict[str, LinearDetector]
+    """Per source: the detector fit on the train split without that source (leave-one-source-out)."""
+    unseen_source_auroc: dict[str, float]
+    """Per source: AUROC of ``without[source]`` on that source's train rows, which it never saw."""
+
+    @property
+    def cv_auroc(self) -> float:
+        return self.detector.cv_auroc
+
+    @property
+    def selection_score(self) -> float:
+        """Grouped CV AUROC, averaged with the mean unseen-source AUROC when there are several sources."""
+        if not self.unseen_source_auroc:
+            return self.cv_auroc
+        return 0.5 * (self.cv_auroc + float(np.mean(list(self.unseen_source_auroc.values()))))
+
+
+def _loso_sources(examples: list[Example], src_tr: np.ndarray, own: np.ndarray, y_tr: np.ndarray) -> list[str]:
+    """Sources a leave-one-source-out fit can be made without and judged on: the concept has several, and
+    the source's train rows, its other rows and the train rows left without it all hold both labels."""
+    sources = sorted({e.source for e in examples})
+    if len(sources) < 2:
+        return []
+
+    def both(labels) -> bool:
+        return len(set(np.asarray(labels).tolist())) == 2
+
+    return [src for src in sources
+            if both([e.label for e in examples if e.source == src and e.split != "train"])
+            and both(y_tr[own & (src_tr == src)]) and both(y_tr[src_tr != src])]
+
+
+def calibrate_concept(concept: str, examples: list[Example], benign: list[Example], cache: ActivationCache, sae, *,
+                      checks: list[Example] = (),
+                      model_id: str, hook: str, dataset_paths: list[Path], cfg: CalibrationConfig = CalibrationConfig(),
+                      disc: DiscoveryConfig = DiscoveryConfig(), progress: bool = True) -> tuple[DetectorSpec, DetectorReport]:  # noqa: B008 -- frozen
+    """Fit, threshold and evaluate the detector for ``concept`` (see module docstring)."""
+    split = by_split(examples)
+    benign_split = by_split(benign)
+    # Benign traffic of the train split joins the negatives: the detector must reject normal traffic
+    # (long chats, instructions), not only the concept's own negatives, or its threshold, set on that
+    # traffic, ends up above every positive.
+    train, test = split["train"] + benign_split["train"], split["test"]
+    own = np.arange(len(train)) < len(split["train"])  # the concept's rows: they rank and judge, benign only trains
+    cal_neg = [e for e in split["calibration"] if e.label == 0] + benign_split["calibration"]
+    benign_unseen = benign_split["test"]
+    y_tr, g_tr = _labels(train), _groups(train)
+    w_tr = training_weights(y_tr, own, cfg.benign_weight)
+
+    # --- choose span and aggregation: grouped CV on the train split and, with several sources, how well a
+    # fit without each source ranks that source's train rows
+    src_tr = np.array([e.source for e in train])
+    loso_sources = _loso_sources(examples, src_tr, own, y_tr) if cfg.leave_one_source_out else []
+    w_without = {src: training_weights(y_tr[src_tr != src], own[src_tr != src], cfg.benign_weight)
+                 for src in loso_sources}  # training weights of each fit made without a source
+    choices: dict[str, SpanChoice] = {}
+    feats_by_span: dict[str, dict[str, np.ndarray]] = {}
+    for span in cfg.spans:
+        feats_by_span[span] = latent_features(cache, sae, train, span=span, aggregations=cfg.aggregations,
+                                              progress=progress)
+        for agg in cfg.aggregations:
+            f = feats_by_span[span][agg]
+            det = fit_detector(f, y_tr, g_tr, disc, judged=own, sample_weight=w_tr)
+            without, unseen = {}, {}
+            for src in loso_sources:
+                rest, held = src_tr != src, own & (src_tr == src)
+                without[src] = fit_detector(f[rest], y_tr[rest], g_tr[rest], disc, judged=own[rest],
+                                            sample_weight=w_without[src])
+                unseen[src] = auroc(without[src].score(f[held]), y_tr[held])
+            choices[f"{span}/{agg}"] = SpanChoice(det, without, unseen)
+    best_key = max(choices, key=lambda k: np.nan_to_num(choices[k].selection_score, nan=-1))
+    span, agg = best_key.split("/")
+    det = choices[best_key].detector
+    ranking = rank_latents(feats_by_span[span][agg][own], y_tr[own], top=10)
+
+    def scores_of(ex: list[Example]) -> np.ndarray:
+        if not ex:
+            return np.zeros(0)
+        f = latent_features(cache, sae, ex, span=span, aggregations=(agg,), latents=det.latents, progress=False)[agg]
+        return det.score(f, columns=list(range(len(det.latents))))
+
+    # --- threshold on benign calibration traffic
+    cal_scores = scores_of(cal_neg)
+    choice = conformal_threshold(cal_scores, cfg.target_fpr, cfg.delta)
+    severity = {}
+    for name, factor in (("medium", 3), ("high", 10), ("critical", 30)):
+        try:
+            severity[name] = max(conformal_threshold(cal_scores, cfg.target_fpr / factor, cfg.delta).threshold,
+                                 choice.threshold)
+        except ValueError:
+            break
+
+    # --- test split, per source, unseen benign
+    s_test, y_test = scores_of(test), _labels(test)
+    m_test = threshold_metrics(s_test, y_test, choice.threshold, _groups(test), n_boot=cfg.n_boot)
+    by_source = {}
+    for src in sorted({e.source for e in test}):
+        idx = [i for i, e in enumerate(test) if e.source == src]
+        by_source[src] = threshold_metrics(s_test[idx], y_test[idx], choice.threshold, _groups(test)[idx],
+                                           n_boot=cfg.n_boot).to_dict()
+    s_unseen = scores_of(benign_unseen)
+    m_unseen = threshold_metrics(s_unseen, np.zeros(len(s_unseen)), choice.threshold, n_boot=0)
+
+    # --- dense probe on the same examples and span
+    probe = fit_probe(dense_features(cache, train, span=span), y_tr, g_tr, judged=own, sample_weight=w_tr)
+    p_test = probe.score(dense_features(cache, test, span=span))
+    probe_by_source = {}
+    for src in sorted({e.source for e in test}):
+        idx = [i for i, e in enumerate(test) if e.source == src]
+        probe_by_source[src] = {"auroc": auroc(p_test[idx], y_test[idx]), "n": len(idx)}
+
+    # --- leave one source out: the fits made while choosing, scored on the source's calibration and test rows
+    loso = {}
+    for src, d_src in choices[best_key].without.items():
+        held = [e for e in examples if e.source == src and e.split != "train"]
+        rest_idx = np.flatnonzero(src_tr != src)
+        f_held = latent_features(cache, sae, held, span=span, aggregations=(agg,), latents=d_src.latents,
+                                 progress=False)[agg]
+        s_held = d_src.score(f_held, columns=list(range(len(d_src.latents))))
+        pr = fit_probe(dense_features(cache, [train[i] for i in rest_idx], span=span), y_tr[rest_idx],
+                       g_tr[rest_idx], judged=own[rest_idx], sample_weight=w_without[src])
+        y_held = _labels(held)
+        loso[src] = {"auroc": auroc(s_held, y_held),
+                     "auroc_ci": list(bootstrap_auroc(s_held, y_held, _groups(held), n_boot=cfg.n_boot)),
+                     "probe_auroc": auroc(pr.score(dense_features(cache, held, span=span)), y_held),
+                     "n": len(held)}
+
+    # --- check sets: scored, never fitted on
+    check_results = {}
+    for src in sorted({e.source for e in checks}):
+        ex = [e for e in checks if e.source == src]
+        m = threshold_metrics(scores_of(ex), _labels(ex), choice.threshold, _groups(ex), n_boot=cfg.n_boot)
+        check_results[src] = m.to_dict()
+
+    # --- no placebo detectors
+    reasons = []
+    if np.isnan(m_test.auroc) or m_test.auroc_ci[0] <= 0.5:
+        reasons.append(f"test AUROC {m_test.auroc:.3f} has a 95% interval {tuple(round(v, 3) for v in m_test.auroc_ci)}"
+                       " that reaches 0.5")
+    if m_test.recall_ci[0] <= m_test.fpr_ci[1]:
+        reasons.append(f"recall at the threshold ({m_test.recall:.3f}) is not distinguishable from the FPR "
+                       f"({m_test.fpr:.3f})")
+    failing = [src for src, m in loso.items() if np.isnan(m["auroc"]) or m["auroc_ci"][0] <= 0.5]
+    if loso and len(failing) == len(loso):
+        reasons.append(f"it does not generalise to any source it was not fit on: the leave-one-source-out AUROC "
+                       f"interval reaches 0.5 for all {len(loso)} sources")
+    inverted = [src for src, m in loso.items() if not np.isnan(m["auroc"]) and m["auroc_ci"][1] < 0.5]
+    if inverted:
+        reasons.append(f"fit without them, it ranks {len(inverted)} source(s) backwards (AUROC interval below 0.5: "
+                       f"{', '.join(inverted)}): it learned source artefacts, not the concept")
+    status = "no_signal" if reasons else "enabled"
+    record = CalibrationRecord(
+        target_fpr=cfg.target_fpr, achieved_fpr=m_unseen.fpr, achieved_fpr_ci=m_unseen.fpr_ci,
+        n_benign=choice.n_benign, auroc=m_test.auroc, auroc_ci=m_test.auroc_ci, recall=m_test.recall,
+        recall_ci=m_test.recall_ci, datasets={p.name if p.parent.name in ("", ".") else f"{p.parent.name}/{p.name}": file_sha256(p)
+                  for p in dataset_paths},
+        date=datetime.now(UTC).date().isoformat(), delta=cfg.delta, fpr_upper_bound=choice.fpr_upper_bound,
+        threshold_rank=choice.rank, probe_auroc=auroc(p_test, y_test), span_choice_cv=
+        {k: round(float(v.cv_auroc), 4) for k, v in choices.items()}, span_choice_score=
+        {k: round(float(v.selection_score), 4) for k, v in choices.items()}, activations_compute_dtype=cache.compute_dtype,
+    )
+    spec = DetectorSpec(
+        name=concept, concept=concept, model=model_id, hook=hook, sae_sha256=sae.sha256,
+        latents=det.latents, weights=det.weights, bias=det.bias, aggregation=agg, span=span,
+        threshold=choice.threshold, severity_thresholds=severity, status=status, status_reason="; ".join(reasons),
+        calibration=record,
+        description=f"{concept}: {len(det.latents)} SAE latents, {agg} over {span} tokens",
+    )
+    report = DetectorReport(
+        concept=concept, status=status, status_reason="; ".join(reasons), span=span, aggregation=agg,
+        cv_auroc_by_choice={k: float(v.cv_auroc) for k, v in choices.items()},
+        unseen_source_auroc_by_choice={k: v.unseen_source_auroc for k, v in choices.items()}, threshold=choice.threshold,
+        n_benign_calibration=choice.n_benign, test=m_test.to_dict(), test_by_source=by_source,
+        benign_unseen=m_unseen.to_dict(), probe={"auroc": auroc(p_test, y_test), "cv_auroc": probe.cv_auroc,
+                                                 "c": probe.c}, probe_test_by_source=probe_by_source, loso=loso, checks=check_results,
+        top_latents=[asdict(r) for r in ranking],
+        scores={"test": s_test.tolist(), "test_labels": y_test.tolist(), "test_sources": [e.source for e in test],
+                "benign_unseen": s_unseen.tolist(), "calibration_benign": cal_scores.tolist(),
+                "probe_test": p_test.tolist()},
+    )
+    return spec, report
+
+
+def write_report_json(report: DetectorReport, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(report), indent=1, default=float) + "\n")

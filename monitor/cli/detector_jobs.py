@@ -1,0 +1,272 @@
+"""``safety-monitor calibrate`` and ``safety-monitor eval``: the offline detector jobs, wired to the model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _sae_and_model(args):
+    from monitor.cli.common import load_sae_arg
+    from monitor.lm.loading import load_model
+
+    sae = load_sae_arg(args.sae)
+    lm = load_model(args.model)
+    return sae, lm
+
+
+def _cache(lm, args: argparse.Namespace):
+    from detectors.calibration.activation_cache import ActivationCache
+    from monitor.lm.loading import cache_root
+
+    return ActivationCache(cache_root() / "detector-activations", lm.model_id, args.layer, args.context,
+                           compute_dtype=args.compute_dtype)
+
+
+def _runner(lm, cache):
+    """What fills ``cache``: the model tapped at the cache's layer, context and precision."""
+    return example_activations(lm, cache.layer, context=cache.context, compute_dtype=cache.compute_dtype)
+
+
+def default_detectors_dir(sae_dir: Path | None) -> Path | None:
+    return None if sae_dir is None else sae_dir / "detectors"
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    from detectors.calibration.calibrate import CalibrationConfig, calibrate_concept, write_report_json
+    from detectors.calibration.data import (
+        BENIGN_FILES,
+        CHECK_FILES,
+        CONCEPT_FILES,
+        load_benign,
+        load_checks,
+        load_concept,
+        load_file,
+        subsample,
+    )
+    from detectors.calibration.discover import DiscoveryConfig
+    from detectors.calibration.report import plot_detector, write_markdown
+    from monitor.artifacts import default_sae_dir
+    from monitor.cli.common import UsageError
+    from monitor.defaults import hook_name
+    from monitor.dictionary.corpus import default_data_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    if args.data and len(args.concepts) != 1:
+        raise UsageError("with --data, name exactly one --concept the files are labelled for")
+    unknown = [c for c in args.concepts if c not in CONCEPT_FILES and not args.data]
+    if unknown:
+        raise UsageError(f"unknown concept(s) {unknown}; built-in: {', '.join(CONCEPT_FILES)} (or pass --data)")
+    sae, lm = _sae_and_model(args)
+    sae_dir = Path(args.sae) if args.sae else default_sae_dir()
+    out = Path(args.out) if args.out else default_detectors_dir(sae_dir)
+    docs = Path(args.docs)
+    cache = _cache(lm, args)
+    benign = load_benign(data_dir, max_per_file=args.max_benign_per_file)
+    if args.benign:
+        benign += [e for p in args.benign for e in load_file(Path(p))]
+    cfg = CalibrationConfig(target_fpr=args.target_fpr, leave_one_source_out=not args.no_loso)
+    disc = DiscoveryConfig(max_latents=args.max_latents, candidates=args.candidates or DiscoveryConfig.candidates)
+    summary = {}
+    for concept in args.concepts:
+        checks = []
+        if args.data:
+            examples = [e for p in args.data for e in subsample(load_file(Path(p)), args.max_per_file, 0)]
+            paths = [Path(p) for p in args.data]
+        else:
+            examples = load_concept(concept, data_dir, max_per_file=args.max_per_file)
+            checks = load_checks(concept, data_dir, max_per_file=args.max_per_file)
+            paths = [data_dir / f for f in (*CONCEPT_FILES[concept], *CHECK_FILES.get(concept, ()))]
+        paths += [data_dir / f for f in BENIGN_FILES] + [Path(p) for p in args.benign or []]
+        print(f"[{concept}] {len(examples)} examples, {len(benign)} benign; computing activations", file=sys.stderr)
+        cache.ensure(examples + benign + checks, _runner(lm, cache))
+        if args.activations_only:
+            continue
+        spec, report = calibrate_concept(concept, examples, benign, cache, sae, checks=checks, model_id=lm.model_id,
+                                         hook=hook_name(args.layer), dataset_paths=paths, cfg=cfg, disc=disc)
+        spec.save(out / f"{spec.name}.json")
+        write_report_json(report, out / "reports" / f"{spec.name}.json")
+        png = plot_detector(report, spec, docs / f"{spec.name}.png")
+        write_markdown(report, spec, png, docs / f"{spec.name}.md", labels=spec.latent_labels)
+        summary[spec.name] = {"status": spec.status, "auroc": report.test["auroc"], "recall": report.test["recall"],
+                              "fpr_unseen_benign": report.benign_unseen["fpr"], "probe_auroc": report.probe["auroc"],
+                              "loso": {k: round(v["auroc"], 4) for k, v in report.loso.items()},
+                              "checks": {k: round(v["auroc"], 4) for k, v in report.checks.items()}}
+        print(json.dumps({spec.name: summary[spec.name]}), file=sys.stderr)
+    if args.activations_only:
+        print(json.dumps({"activations": str(cache.dir), "examples": len(cache.index)}))
+        return 0
+    print(json.dumps({"detectors": summary, "out": str(out)}, indent=None if args.json else 2))
+    return 0
+
+
+def evaluate_specs(lm, sae, specs, examples, cache, *, layer: int) -> dict[str, dict]:
+    """Score labelled ``examples`` with every spec: n_pos, n_neg, AUROC, recall and FPR at its threshold."""
+    from detectors.calibration.span_features import latent_features
+    from detectors.calibration.stats import auroc
+
+    cache.ensure(examples, _runner(lm, cache))
+    labels = np.array([e.label for e in examples])
+    out = {}
+    for spec in specs:
+        f = latent_features(cache, sae, examples, span=spec.span, aggregations=(spec.aggregation,),
+                            latents=spec.latents, progress=False)[spec.aggregation]
+        scores = spec.score(f)
+        fired = scores >= spec.threshold
+        pos, neg = labels == 1, labels == 0
+        out[spec.name] = {
+            "auroc": auroc(scores, labels) if pos.any() and neg.any() else None,
+            "recall": float(fired[pos].mean()) if pos.any() else None,
+            "fpr": float(fired[neg].mean()) if neg.any() else None,
+            "n_pos": int(pos.sum()), "n_neg": int(neg.sum()), "threshold": spec.threshold, "status": spec.status,
+        }
+    return out
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from detectors.calibration.data import DataError, load_file
+    from detectors.spec import load_specs
+    from monitor.artifacts import default_sae_dir
+    from monitor.cli.common import UsageError
+
+    examples = []
+    for p in args.data:
+        path = Path(p)
+        if not path.is_file():
+            raise UsageError(f"{path} does not exist")
+        try:
+            examples += load_file(path)
+        except DataError as exc:
+            raise UsageError(str(exc)) from None
+    sae, lm = _sae_and_model(args)
+    det_dir = Path(args.detectors) if args.detectors else default_detectors_dir(Path(args.sae) if args.sae
+                                                                                 else default_sae_dir())
+    if det_dir is None or not det_dir.is_dir():
+        raise UsageError(f"no detector specs at {det_dir}; pass --detectors DIR or run `safety-monitor calibrate`")
+    specs = load_specs(det_dir, sae_sha256=sae.sha256, d_sae=sae.cfg.d_sae, force=True)
+    results = evaluate_specs(lm, sae, specs, examples, _cache(lm, args), layer=args.layer)
+    if args.json:
+        print(json.dumps({"detectors": results}))
+        return 0
+    print(f"{'detector':<16}{'status':<11}{'n_pos':>7}{'n_neg':>7}{'AUROC':>8}{'recall':>8}{'FPR':>8}")
+    for name, r in results.items():
+        fmt = lambda v: "   –" if v is None else f"{v:8.3f}"
+        print(f"{name:<16}{r['status']:<11}{r['n_pos']:>7}{r['n_neg']:>7}{fmt(r['auroc'])}{fmt(r['recall'])}"
+              f"{fmt(r['fpr'])}")
+    return 0
+
+
+def _add_compute_dtype(parser: argparse.ArgumentParser) -> None:
+    from monitor.lm.runner import COMPUTE_DTYPES
+
+    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
+                        help="precision of the model's matrix products when computing activations; bfloat16 is "
+                             "~2.5x faster on CPUs with AVX512-BF16 (default: float32)")
+
+
+def register(sub) -> None:
+    """Add ``calibrate`` and ``eval`` to the CLI's sub-parsers."""
+    from detectors.calibration.data import CONCEPT_FILES
+    from monitor.defaults import DEFAULT_LAYER, DEFAULT_MODEL_ID
+
+    cal = sub.add_parser("calibrate", help="discover latents, fit and calibrate detectors, write specs and reports")
+    cal.add_argument("--concepts", type=lambda s: s.split(","), default=list(CONCEPT_FILES),
+                     help="comma-separated concepts (default: all four)")
+    cal.add_argument("--data", action="append", help="labelled JSONL for the single --concepts given (repeatable)")
+    cal.add_argument("--benign", action="append", help="extra benign JSONL (label 0) for the threshold")
+    cal.add_argument("--data-dir", help="datasets folder (default: ../shared/data or $SAFETY_MONITOR_DATA)")
+    cal.add_argument("--sae", help="SAE directory (default: the shipped one)")
+    cal.add_argument("--out", help="where specs go (default: <sae>/detectors)")
+    cal.add_argument("--docs", default="docs/calibration", help="where reports and plots go")
+    cal.add_argument("--target-fpr", type=float, default=0.01)
+    cal.add_argument("--max-latents", type=int, default=32)
+    cal.add_argument("--candidates", type=int, default=None,
+                     help="strongest single latents offered to the L1 selection (default: 1024)")
+    cal.add_argument("--max-per-file", type=int, default=1000, help="examples sampled per labelled file")
+    cal.add_argument("--max-benign-per-file", type=int, default=None,
+                     help="benign rows sampled per benign file (default: all; more rows, lower thresholds)")
+    cal.add_argument("--no-loso", action="store_true", help="skip leave-one-source-out fits (the span is then chosen by CV alone)")
+    cal.add_argument("--activations-only", action="store_true",
+                     help="only compute and cache the examples' activations (e.g. while an SAE trains), then stop")
+    cal.add_argument("--model", default=DEFAULT_MODEL_ID)
+    cal.add_argument("--layer", type=int, default=DEFAULT_LAYER)
+    cal.add_argument("--context", type=int, default=256)
+    _add_compute_dtype(cal)
+    cal.add_argument("--threads", type=int, default=0)
+    cal.add_argument("--json", action="store_true")
+    cal.set_defaults(func=cmd_calibrate)
+
+    ev = sub.add_parser("eval", help="score labelled JSONL with the shipped (or given) detectors")
+    ev.add_argument("--data", action="append", required=True, help="labelled JSONL (text, label; repeatable)")
+    ev.add_argument("--detectors", help="directory of detector specs (default: <sae>/detectors)")
+    ev.add_argument("--sae", help="SAE directory (default: the shipped one)")
+    ev.add_argument("--model", default=DEFAULT_MODEL_ID)
+    ev.add_argument("--layer", type=int, default=DEFAULT_LAYER)
+    ev.add_argument("--context", type=int, default=256)
+    _add_compute_dtype(ev)
+    ev.add_argument("--json", action="store_true", help='one JSON object: {"detectors": {name: {...}}}')
+    ev.set_defaults(func=cmd_eval)
+    register_causal_check(sub)
+
+
+def cmd_causal_check(args: argparse.Namespace) -> int:
+    from detectors.spec import load_specs
+    from monitor.artifacts import default_sae_dir
+    from monitor.cli.common import UsageError
+    from monitor.toolkit.causal_check import causal_check, markdown
+    from monitor.toolkit.feature_index import INDEX_FILE, FeatureIndex
+
+    sae, lm = _sae_and_model(args)
+    sae_dir = Path(args.sae) if args.sae else default_sae_dir()
+    det_dir = Path(args.detectors) if args.detectors else default_detectors_dir(sae_dir)
+    if not (sae_dir / INDEX_FILE).is_file():
+        raise UsageError(f"no feature index at {sae_dir / INDEX_FILE}; run `safety-monitor sae index` first")
+    specs = load_specs(det_dir, sae_sha256=sae.sha256, d_sae=sae.cfg.d_sae, include_no_signal=True)
+    trials = causal_check(lm, sae, specs, FeatureIndex.load(sae_dir / INDEX_FILE), layer=args.layer,
+                          scale=args.scale, max_new_tokens=args.max_new_tokens)
+    Path(args.out).write_text(markdown(trials, specs, scale=args.scale) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def register_causal_check(sub) -> None:
+    from monitor.defaults import DEFAULT_LAYER, DEFAULT_MODEL_ID
+
+    cc = sub.add_parser("causal-check", help="steer each detector's top latent and score the generations")
+    cc.add_argument("--detectors", help="directory of detector specs (default: <sae>/detectors)")
+    cc.add_argument("--sae", help="SAE directory (default: the shipped one)")
+    cc.add_argument("--model", default=DEFAULT_MODEL_ID)
+    cc.add_argument("--layer", type=int, default=DEFAULT_LAYER)
+    cc.add_argument("--scale", type=float, default=3.0,
+                    help="target = scale x the median activation of the latent's top held-out contexts")
+    cc.add_argument("--max-new-tokens", type=int, default=40)
+    cc.add_argument("--out", default="docs/calibration/causal.md")
+    cc.set_defaults(func=cmd_causal_check)
+
+
+def example_activations(lm, layer: int, *, context: int, batch_size: int = 16, compute_dtype: str = "float32"):
+    """The model-running half of ``detectors.calibration.activation_cache.ActivationCache.ensure``: a function
+    that renders each labelled example as the chat the sidecar would see (at most ``context`` tokens) and
+    taps layer ``layer`` of ``lm`` (a ``monitor.lm.loading.LoadedModel``); shortest first, to pad less."""
+    from detectors.calibration.activation_cache import TokenActivations
+    from monitor.lm.chat import render_chat
+    from monitor.lm.runner import tap_sequences
+
+    def compute(examples):
+        rendered = [render_chat(lm.tokenizer, e.message_dicts(), max_tokens=context) for e in examples]
+        order = sorted(range(len(examples)), key=lambda i: len(rendered[i].input_ids))
+        for results in tap_sequences(lm, layer, [r.input_ids for r in rendered], roles=[r.roles for r in rendered],
+                                     batch_size=batch_size, order=order, compute_dtype=compute_dtype):
+            for i, b in results:
+                yield i, TokenActivations(b.activations.numpy(), b.token_ids.numpy(), b.roles.numpy(),
+                                          b.positions.numpy())
+
+    return compute

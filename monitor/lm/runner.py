@@ -1,0 +1,61 @@
+"""Run many token sequences through the model to layer L with the real tap, in padded batches.
+
+Offline jobs (activation collection, detector activations, the feature index) all need the same
+thing: the layer-L activations of each of many sequences. This runs the trunk only up to layer L
+(``monitor.lm.loading.truncated``), attributes rows to sequences through ``ActivationTap.track`` and yields each
+sequence's tokens as a single-request ``ActivationBatch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from monitor.lm.loading import LoadedModel, truncated
+from monitor.lm.tap import ActivationTap, CollectingSink
+from monitor.wire import ActivationBatch
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+"""Precisions offline jobs may run the model in."""
+
+
+def tap_sequences(lm: LoadedModel, layer: int, sequences: Sequence[torch.Tensor], *,
+                  roles: Sequence[torch.Tensor] | None = None, batch_size: int = 16,
+                  order: Sequence[int] | None = None,
+                  dtype: torch.dtype = torch.float16,
+                  compute_dtype: str = "float32") -> Iterator[list[tuple[int, ActivationBatch]]]:
+    """For each padded batch, ``[(sequence index, its tokens), ...]``. ``order``: the order in which
+    sequences are batched (e.g. sorted by length to reduce padding); default: as given.
+    ``compute_dtype="bfloat16"`` runs the matrix products under bf16 autocast (the residual stream
+    itself stays float32): about 2.5x faster on CPUs with AVX512-BF16, at a 0.5 % mean relative error
+    of the layer-15 activations (6e-5 of their variance; ``docs/performance.md``)."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, not {compute_dtype!r}")
+    device = next(lm.model.parameters()).device.type
+    order = list(range(len(sequences))) if order is None else list(order)
+    pad = lm.tokenizer.pad_token_id or 0
+    sink = CollectingSink()
+    with truncated(lm.model, layer) as trunk, ActivationTap(lm.model, layer=layer, sink=sink, model_id=lm.model_id,
+                                                             dtype=dtype, max_queue=1 << 20) as tap:
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(sequences[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.int64)
+            mask = torch.zeros(len(idx), width, dtype=torch.int64)
+            role = torch.zeros(len(idx), width, dtype=torch.uint8)
+            for r, i in enumerate(idx):
+                n = len(sequences[i])
+                ids[r, :n], mask[r, :n] = sequences[i], 1
+                if roles is not None:
+                    role[r, :n] = roles[i]
+            with torch.inference_mode(), tap.track([str(i) for i in idx], attention_mask=mask, roles=role), \
+                    torch.autocast(device, dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16"):
+                trunk(input_ids=ids, attention_mask=mask, use_cache=False)
+            tap.flush()
+            if tap.stats.chunks_dropped:
+                raise RuntimeError("the tap dropped activations; raise max_queue")
+            by_request = sink.tokens_by_request()
+            sink.batches.clear()
+            yield [(i, by_request[str(i)]) for i in idx]
+

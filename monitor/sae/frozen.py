@@ -1,0 +1,161 @@
+"""``FrozenSAE``: an inference-only sparse autoencoder, pinned by the sha256 of its weights.
+
+All formats load into one canonical set of tensors (``monitor.sae.config``).
+
+Encoding, with ``x' = x * scale`` (activation normalisation) and ``pre = (x' - b_dec·[apply_b_dec]) @ W_enc + b_enc``:
+
+    relu       relu(pre)
+    jumprelu   relu(pre) * (pre > threshold)
+    batchtopk  relu(pre) * (relu(pre) > threshold)        (global threshold, as at inference)
+    topk       the k largest of relu(pre), others 0
+    gated      (pre > 0) * relu(proj * exp(r_mag) + b_mag), proj = (x' - b_dec) @ W_enc
+
+Subtracting ``b_dec`` is folded into the encoder bias once at load (``x @ W - b_dec @ W``), so the dense
+and the sliced paths evaluate the same formula. For every architecture but TopK a latent depends only
+on its own encoder column, so ``encode_latents`` computes just the requested columns, exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, replace
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from monitor.sae.config import SAEConfig, SAELoadError, check_weights, weights_sha256
+from monitor.sae.formats import read_sae, write_saelens
+
+
+class FrozenSAE:
+    """A loaded, immutable SAE. Build with ``FrozenSAE.load(path)`` or ``FrozenSAE(cfg, weights)``."""
+
+    def __init__(self, cfg: SAEConfig, weights: dict[str, torch.Tensor], *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> None:
+        """``weights``: canonical tensors (see module docstring). ``dtype``: compute dtype (default
+        float32 on CPU, the stored dtype elsewhere)."""
+        check_weights(cfg, weights)
+        self.cfg = cfg
+        self.sha256 = weights_sha256(weights, cfg)
+        self.device = torch.device(device)
+        if dtype is None:
+            dtype = torch.float32 if self.device.type == "cpu" else weights["W_enc"].dtype
+        self.dtype = dtype
+        # save() writes the stored dtypes back by default, so a load/save round trip keeps the sha256.
+        self._stored_dtypes = {n: t.dtype for n, t in weights.items()}
+        self.weights = {n: t.detach().to(self.device, dtype).contiguous() for n, t in weights.items()}
+        w = self.weights
+        # Fold "x - b_dec" into the bias: pre = x @ W_enc + (b_enc - b_dec @ W_enc).
+        self._b_dec_proj = (w["b_dec"] @ w["W_enc"]) if cfg.apply_b_dec_to_input else torch.zeros_like(w["b_enc"])
+        self._sliced = lru_cache(maxsize=32)(self._build_slice)
+
+    # ------------------------------------------------------------------ loading and saving
+    @staticmethod
+    def load(path: str | Path, *, expected_sha256: str | None = None, device: str | torch.device = "cpu",
+             dtype: torch.dtype | None = None, d_model: int | None = None) -> FrozenSAE:
+        """Load from a directory (or file) in any supported format, detected from the files present.
+
+        ``expected_sha256``: refuse to load unless the weights hash to this. ``d_model``: refuse unless
+        ``d_in`` equals the monitored model's width.
+        """
+        cfg, weights = read_sae(Path(path))
+        sae = FrozenSAE(cfg, weights, device=device, dtype=dtype)
+        if expected_sha256 and expected_sha256.lower() != sae.sha256:
+            raise SAELoadError(
+                f"SAE at {path} has sha256 {sae.sha256}, but {expected_sha256.lower()} was expected. "
+                "Point to the SAE the detectors were calibrated for, or update the expected hash."
+            )
+        if d_model is not None and d_model != cfg.d_in:
+            raise SAELoadError(f"SAE at {path} reads d_in={cfg.d_in} but the model has d_model={d_model}")
+        return sae
+
+    def save(self, path: str | Path, *, dtype: torch.dtype | None = None, metadata: dict | None = None) -> Path:
+        """Write our format (SAELens layout: ``cfg.json`` + ``sae_weights.safetensors``). Returns the dir.
+
+        ``dtype``: storage dtype; default: the dtypes the weights were loaded with (same sha256)."""
+        cfg = self.cfg if metadata is None else replace(self.cfg, metadata={**self.cfg.metadata, **metadata})
+        weights = {n: t.to(dtype or self._stored_dtypes[n]) for n, t in self.weights.items()}
+        return write_saelens(Path(path), cfg, weights)
+
+    # ------------------------------------------------------------------ encoding
+    @property
+    def supports_sliced_encoding(self) -> bool:
+        """True when a latent depends only on its own encoder column (all but TopK)."""
+        return self.cfg.architecture != "topk"
+
+    def _prepare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
+            raise ValueError(f"expected activations [n, d_in={self.cfg.d_in}], got shape {tuple(x.shape)}")
+        x = x.to(self.device, self.dtype)
+        scale = None
+        if self.cfg.normalize_activations == "constant_norm_rescale":
+            scale = math.sqrt(self.cfg.d_in) / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            x = x * scale
+        elif self.cfg.normalize_activations == "scale":
+            scale = torch.tensor(self.cfg.activation_scale, dtype=self.dtype, device=self.device)
+            x = x * scale
+        return x, scale
+
+    def _activate(self, proj: torch.Tensor, cols: torch.Tensor | slice) -> torch.Tensor:
+        """Latent values from ``proj = x' @ W_enc[:, cols] - b_dec @ W_enc[:, cols]``."""
+        w, arch = self.weights, self.cfg.architecture
+        pre = proj + w["b_enc"][cols]
+        if arch == "relu" or arch == "topk":
+            return torch.relu(pre)
+        if arch == "jumprelu":
+            return torch.relu(pre) * (pre > w["threshold"][cols])
+        if arch == "batchtopk":
+            post = torch.relu(pre)
+            return post * (post > w["threshold"])
+        # gated: the gate uses b_enc (= b_gate); the magnitude path rescales the same projection.
+        mag = torch.relu(proj * torch.exp(w["r_mag"][cols]) + w["b_mag"][cols])
+        return (pre > 0) * mag
+
+    def _encode_prepared(self, x: torch.Tensor) -> torch.Tensor:
+        z = self._activate(x @ self.weights["W_enc"] - self._b_dec_proj, slice(None))
+        if self.cfg.architecture == "topk":
+            vals, idx = z.topk(self.cfg.k, dim=-1)
+            z = torch.zeros_like(z).scatter_(-1, idx, vals)
+        return z
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [n, d_in]`` (any float dtype) -> latents ``[n, d_sae]`` in the compute dtype."""
+        return self._encode_prepared(self._prepare(x)[0])
+
+    def _build_slice(self, latents: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.tensor(latents, dtype=torch.long, device=self.device)
+        w_s = self.weights["W_enc"][:, idx].contiguous()
+        return idx, w_s, self._b_dec_proj[idx].contiguous()
+
+    @torch.no_grad()
+    def encode_latents(self, x: torch.Tensor, latents: list[int] | tuple[int, ...] | torch.Tensor) -> torch.Tensor:
+        """Only the requested latents: ``x [n, d_in]`` -> ``[n, len(latents)]``, equal to
+        ``encode(x)[:, latents]``. TopK needs every pre-activation, so it runs the full encode."""
+        key = tuple(int(i) for i in (latents.tolist() if isinstance(latents, torch.Tensor) else latents))
+        if any(i < 0 or i >= self.cfg.d_sae for i in key):
+            raise ValueError(f"latent ids must lie in [0, {self.cfg.d_sae}), got {key}")
+        if not self.supports_sliced_encoding:
+            return self.encode(x)[:, list(key)]
+        idx, w_s, b_dec_proj = self._sliced(key)
+        x, _ = self._prepare(x)
+        return self._activate(x @ w_s - b_dec_proj, idx)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``[n, d_sae]`` -> reconstruction ``[n, d_in]`` in the normalised input space."""
+        return z.to(self.device, self.dtype) @ self.weights["W_dec"] + self.weights["b_dec"]
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(x))`` mapped back to the scale of ``x``: ``[n, d_in]``."""
+        xs, scale = self._prepare(x)
+        out = self.decode(self._encode_prepared(xs))
+        return out / scale if scale is not None else out
+
+    def describe(self) -> dict:
+        """A JSON-able summary: config and sha256."""
+        d = asdict(self.cfg)
+        d["sha256"] = self.sha256
+        return d

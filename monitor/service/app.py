@@ -1,0 +1,341 @@
+"""The sidecar's HTTP API (FastAPI): ingest, health, metrics, detectors, reload, in-process scoring.
+
+``create_app(sidecar)`` wires a loaded ``monitor.service.sidecar.Sidecar`` into an app; the lifespan starts
+its threads and drains them on shutdown. Shared objects live in ``app.state`` and reach the
+handlers through dependencies; auth is a dependency too (bearer tokens compared in constant time:
+401 without a token, 403 with a wrong one). Every error the API raises itself has the body
+``{"error": code, "detail": message}`` (``monitor.service.api_models.ErrorBody``).
+
+    POST /v1/activations   ingest token   wire batch -> 202 | 400 401 403 404 409 413 415 429 503
+    POST /v1/score         ingest token   text -> scores and alerts (only with model.load)
+    GET  /v1/detectors     either token   loaded detectors and thresholds
+    POST /v1/admin/reload  admin token    re-read the detector directory atomically
+    GET  /healthz /readyz /metrics        no token (probes and scrapers)
+    GET  /dashboard, /v1/dashboard/...    admin token (bearer, or HTTP Basic with it as the password)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from detectors.spec import SpecError
+from monitor.service.api_models import (
+    DetectorList,
+    ErrorBody,
+    Health,
+    IngestAccepted,
+    Readiness,
+    ReloadResult,
+    ScoreRequest,
+    ScoreResponse,
+)
+from monitor.service.ingest import (
+    CONTENT_TYPES,
+    body_too_large,
+    check_content_length,
+    check_content_type,
+    parse_batch,
+)
+from monitor.service.refusals import ApiError, IngestError
+from monitor.service.scoring_pipeline import ScoreResult
+from monitor.service.sidecar import Sidecar, detector_info
+
+SCORE_TIMEOUT_S = 60.0
+_STATUSES = {s.value for s in HTTPStatus}
+
+
+def _error_response(exc: ApiError) -> JSONResponse:
+    body = ErrorBody(error=exc.error, detail=exc.detail, request_ids=exc.request_ids)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=exc.status, headers=exc.headers)
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {400: "Malformed request or batch", 401: "No bearer token", 403: "Wrong bearer token",
+            404: "Unknown request id on a final flag, or no model configured", 409: "Batch made for another model, "
+            "hook, SAE or width", 413: "Over a size, token or request limit", 415: "Wrong content type",
+            422: "Invalid detector specs (reload) or request body", 429: "Queue full; retry after Retry-After seconds",
+            503: "Not ready, or shutting down"}
+    return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
+
+
+# --------------------------------------------------------------------------- dependencies
+async def get_sidecar(request: Request) -> Sidecar:
+    """The ``Sidecar`` of this app (``app.state.sidecar``). (async: a sync dependency costs a thread hop.)"""
+    return request.app.state.sidecar
+
+
+_ingest_scheme = HTTPBearer(auto_error=False, scheme_name="IngestToken",
+                            description="auth.ingest_token: model servers that ship activations.")
+_admin_scheme = HTTPBearer(auto_error=False, scheme_name="AdminToken",
+                           description="auth.admin_token: operators (reload, dashboard).")
+
+
+SidecarDep = Annotated[Sidecar, Depends(get_sidecar)]
+IngestCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_ingest_scheme)]
+AdminCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_scheme)]
+
+
+def _token_ok(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
+
+
+def _check_bearer(sidecar: Sidecar, credentials: HTTPAuthorizationCredentials | None, kinds: tuple[str, ...],
+                  count_drops: bool = False) -> None:
+    auth = sidecar.settings.auth
+    if auth.disabled:
+        return
+    if credentials is None:
+        if count_drops:
+            sidecar.metrics.drop("unauthorized")
+        raise ApiError(401, "unauthorized", f"missing bearer token: send 'Authorization: Bearer <{kinds[0]} token>'",
+                       headers={"WWW-Authenticate": 'Bearer realm="safety-monitor"'})
+    if not any(_token_ok(credentials.credentials, getattr(auth, f"{k}_token").get_secret_value()) for k in kinds):
+        if count_drops:
+            sidecar.metrics.drop("forbidden")
+        raise ApiError(403, "forbidden", f"the bearer token is not valid here (this endpoint needs the "
+                       f"{' or '.join(kinds)} token)")
+
+
+async def require_ingest(request: Request,
+                         credentials: IngestCredentials) -> None:
+    """Ingest endpoints: the ingest token."""
+    _check_bearer(request.app.state.sidecar, credentials, ("ingest",), count_drops=True)
+
+
+async def require_admin(request: Request,
+                        credentials: AdminCredentials) -> None:
+    """Admin endpoints: the admin token."""
+    _check_bearer(request.app.state.sidecar, credentials, ("admin",))
+
+
+async def require_reader(request: Request,
+                         ingest: IngestCredentials,
+                         admin: AdminCredentials) -> None:
+    """Read-only endpoints: either token."""
+    _check_bearer(request.app.state.sidecar, ingest or admin, ("admin", "ingest"))
+
+
+async def require_dashboard(request: Request) -> None:
+    """The dashboard: the admin token as a bearer token, or as the password of HTTP Basic auth
+    (so a browser can open the page: it asks once, then sends it with every poll)."""
+    sidecar: Sidecar = request.app.state.sidecar
+    auth = sidecar.settings.auth
+    if auth.disabled or sidecar.settings.dashboard.public:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    given = None
+    if scheme.lower() == "bearer":
+        given = value.strip()
+    elif scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            given = ""
+    if given is None:
+        raise ApiError(401, "unauthorized", "the dashboard needs the admin token (bearer, or as the Basic password)",
+                       headers={"WWW-Authenticate": 'Basic realm="safety-monitor dashboard"'})
+    if not _token_ok(given, auth.admin_token.get_secret_value()):  # type: ignore[union-attr]
+        raise ApiError(403, "forbidden", "wrong admin token")
+
+
+# --------------------------------------------------------------------------- app
+def create_app(sidecar: Sidecar) -> FastAPI:
+    """The API around a loaded (not yet started) ``Sidecar``; the app's lifespan starts and stops it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sidecar.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(sidecar.close)
+
+    app = FastAPI(
+        title="safety-monitor sidecar",
+        version="1",
+        description="Scores tapped activations of a language model with SAE-feature detectors and raises alerts. "
+                    "See docs/sidecar.md.",
+        lifespan=lifespan,
+    )
+    app.state.sidecar = sidecar
+    limits = sidecar.settings.limits
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Framework errors (unparsable JSON, unknown path, wrong method) get the same body as ours.
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_") if exc.status_code in _STATUSES else "error"
+        return _error_response(ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+
+    # ------------------------------------------------------------------ ingest
+    @app.post(
+        "/v1/activations", status_code=202, response_model=IngestAccepted, tags=["ingest"],
+        dependencies=[Depends(require_ingest)],
+        responses=_responses(400, 401, 403, 404, 409, 413, 415, 429, 503),
+        openapi_extra={"requestBody": {"required": True, "description": "An activation batch in the safetensors "
+                                       "wire format (monitor/wire/batch.py).",
+                                       "content": {ct: {"schema": {"type": "string", "format": "binary"}}
+                                                   for ct in CONTENT_TYPES}}},
+    )
+    async def ingest_activations(request: Request, sidecar: SidecarDep) -> Response:
+        """Queue one activation batch for scoring. Answers 202 once it is validated and queued."""
+        received = time.perf_counter()
+        metrics = sidecar.metrics
+        try:
+            check_content_type(request.headers.get("content-type"))
+            check_content_length(request.headers.get("content-length"), limits.max_body_bytes)
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limits.max_body_bytes:
+                    raise body_too_large(len(body), limits.max_body_bytes)
+            batch = parse_batch(body, sidecar.wire_limits)
+        except IngestError as exc:
+            metrics.drop(exc.reason)
+            raise _refused(exc, sidecar) from None
+        try:
+            n = sidecar.pipeline.submit(batch, received)
+        except IngestError as exc:
+            metrics.drop(exc.reason, batch.n_tokens)
+            raise _refused(exc, sidecar) from None
+        metrics.tokens_ingested.inc(n)
+        metrics.batches_ingested.inc()
+        # The hot path: a Response skips FastAPI's response-model round trip (the model still documents it).
+        body = IngestAccepted(accepted_tokens=n, requests=batch.n_requests, queue_tokens=sidecar.pipeline.queue_tokens)
+        return Response(body.model_dump_json(), status_code=202, media_type="application/json")
+
+    # ------------------------------------------------------------------ in-process scoring
+    @app.post("/v1/score", response_model=ScoreResponse, tags=["ingest"], dependencies=[Depends(require_ingest)],
+              responses=_responses(400, 401, 403, 404, 429, 503))
+    async def score_text(body: ScoreRequest, sidecar: SidecarDep) -> ScoreResponse:
+        """Run a text through the model in this process, score it, and raise alerts like live traffic.
+        Needs ``model.load: true``."""
+        if sidecar.lm is None:
+            raise ApiError(404, "no_model", "this sidecar has no model loaded; start it with model.load: true "
+                           "(SAFETY_MONITOR_MODEL__LOAD=true) to score texts")
+        if body.response is not None and not body.chat:
+            raise ApiError(400, "malformed_request", "'response' needs chat: true")
+        try:
+            batch = await run_in_threadpool(sidecar.tap_text, body.text, chat=body.chat, response=body.response,
+                                            request_id=body.request_id)
+        except ValueError as exc:
+            raise ApiError(400, "malformed_request", str(exc)) from None
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[ScoreResult] = loop.create_future()
+
+        def on_done(result: ScoreResult) -> None:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
+
+        try:
+            sidecar.pipeline.submit(batch, on_done=on_done)
+        except IngestError as exc:
+            sidecar.metrics.drop(exc.reason, batch.n_tokens)
+            raise _refused(exc, sidecar) from None
+        try:
+            result = await asyncio.wait_for(done, SCORE_TIMEOUT_S)
+        except TimeoutError:
+            raise ApiError(503, "timeout", f"scoring did not finish within {SCORE_TIMEOUT_S:.0f} s") from None
+        rid = batch.request_ids[0]
+        return ScoreResponse(request_id=rid, n_tokens=batch.n_tokens, scores=result.scores.get(rid, {}),
+                             alerts=result.alerts)
+
+    # ------------------------------------------------------------------ detectors
+    @app.get("/v1/detectors", response_model=DetectorList, tags=["detectors"],
+             dependencies=[Depends(require_reader)], responses=_responses(401, 403))
+    async def list_detectors(sidecar: SidecarDep) -> DetectorList:
+        """The detectors new requests are scored with, their thresholds and calibration summaries."""
+        return _detector_list(sidecar)
+
+    @app.post("/v1/admin/reload", response_model=ReloadResult, tags=["admin"],
+              dependencies=[Depends(require_admin)], responses=_responses(401, 403, 422))
+    async def reload_detectors(sidecar: SidecarDep) -> ReloadResult:
+        """Re-read the detector directory and switch to it atomically. On any invalid spec the current
+        detectors stay in place and the answer is 422 with the reason. Requests already in flight
+        finish on the detectors they started with."""
+        try:
+            previous, new = await run_in_threadpool(sidecar.reload_detectors)
+        except SpecError as exc:
+            sidecar.metrics.reloads.labels("refused").inc()
+            raise ApiError(422, "invalid_detectors", f"reload refused, the previous detectors stay loaded: {exc}") \
+                from None
+        return ReloadResult(generation=new.number, detectors=[s.name for s in new.specs],
+                            previous=[s.name for s in previous.specs])
+
+    # ------------------------------------------------------------------ health and metrics
+    @app.get("/healthz", response_model=Health, tags=["health"], responses=_responses(503))
+    async def healthz(sidecar: SidecarDep) -> Health | JSONResponse:
+        """Alive: the process answers and its scoring worker runs."""
+        if not sidecar.pipeline.stats().worker_alive:
+            return _error_response(ApiError(503, "worker_stopped", "the scoring worker is not running"))
+        return Health(uptime_s=round(time.monotonic() - sidecar.started_at, 3))
+
+    @app.get("/readyz", response_model=Readiness, tags=["health"], responses={503: {"model": Readiness}})
+    async def readyz(sidecar: SidecarDep) -> Readiness | JSONResponse:
+        """Ready for traffic: SAE and detectors loaded, worker running, queue below its high-water mark,
+        outbox writable. 503 with the same body otherwise."""
+        r = await run_in_threadpool(sidecar.readiness)
+        return r if r.ready else JSONResponse(r.model_dump(), status_code=503)
+
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format"}})
+    async def metrics(sidecar: SidecarDep) -> Response:
+        """Prometheus metrics (no per-latent or per-request labels)."""
+        data = await run_in_threadpool(generate_latest, sidecar.metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    if sidecar.settings.redis is not None:
+        # Webhook subscriptions live in Redis, where `safety-monitor alerts route` reads them.
+        from alerts.webhooks.api import webhook_admin_router
+        from alerts.webhooks.registry import WebhookRegistry
+
+        registry: list[WebhookRegistry] = []
+
+        def webhook_registry() -> WebhookRegistry:
+            if not registry:
+                registry.append(WebhookRegistry(sidecar.settings.redis.client()))
+            return registry[0]
+
+        app.include_router(webhook_admin_router(webhook_registry, dependencies=[Depends(require_admin)]))
+
+    if sidecar.settings.dashboard.enabled:
+        from alerts.dashboard.routes import dashboard_router
+
+        app.include_router(dashboard_router(sidecar.alert_pipeline.store, health=sidecar.health_gauges,  # type: ignore[arg-type]
+                                            title=sidecar.settings.dashboard.title,
+                                            dependencies=[Depends(require_dashboard)]))
+    return app
+
+
+def _refused(exc: IngestError, sidecar: Sidecar) -> ApiError:
+    return ApiError.refused(exc, sidecar.settings.queue.retry_after_s)
+
+
+def _detector_list(sidecar: Sidecar) -> DetectorList:
+    from datetime import UTC, datetime
+
+    gen = sidecar.generation
+    return DetectorList(
+        model=sidecar.settings.model.id, hook=sidecar.settings.model.hook_name, sae_sha256=sidecar.sae.sha256,
+        generation=gen.number, loaded_at=datetime.fromtimestamp(gen.loaded_at, UTC), source=gen.source,
+        monitored_latents=len(gen.latents), detectors=[detector_info(s) for s in gen.specs], skipped=sidecar.skipped,
+    )
+
