@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from detectors.scoring import DetectorBank
-from detectors.spans import ROLE_RESPONSE, ROLES, SPANS, span_roles
+from detectors.spans import ROLE_RESPONSE, SPANS, span_roles
 
 _NO_POSITION = 2**62
 
@@ -67,10 +67,13 @@ class RequestTable:
             v = self._variants.index((s.aggregation, s.span))
             self._block_t[v, i, self._cols[i]] = self._weights[i]
         self._bias = torch.tensor([s.bias for s in bank.specs], dtype=torch.float32)[:, None]
-        self._span_index = torch.tensor([SPANS.index(s.span) for s in bank.specs], dtype=torch.long)
-        # Per span, a [2] float row per case (request with / without response tokens): 1 for each role scored.
-        self._span_role_rows = {span: tuple(torch.tensor([float(r in span_roles(span, has)) for r in ROLES])
-                                            for has in (True, False)) for span in SPANS}
+        self._span_names = [s.span for s in bank.specs]
+        # Per span, the role indices it scores for a request with response tokens and without (None when the
+        # same: the span's roles do not depend on the request).
+        self._span_roles: dict[str, tuple[tuple[int, ...], tuple[int, ...] | None]] = {}
+        for span in SPANS:
+            with_r, without_r = span_roles(span, True), span_roles(span, False)
+            self._span_roles[span] = (with_r, None if with_r == without_r else without_r)
 
     # ------------------------------------------------------------------ slots
     @property
@@ -150,21 +153,34 @@ class RequestTable:
         mx = self._max.view(-1, 2, u).index_select(0, slots)  # [m, 2, u]
         sm = self._sum.view(-1, 2, u).index_select(0, slots)
         cnt = self._count.view(-1, 2).index_select(0, slots).to(torch.float32)  # [m, 2]
-        has_response = cnt[:, ROLE_RESPONSE] > 0
-        masks = {span: torch.where(has_response[:, None], *self._span_role_rows[span])  # [m, 2]: roles scored
-                 for span in SPANS}
-        counts = {span: (cnt * mask).sum(1, keepdim=True) for span, mask in masks.items()}  # [m, 1]
+        has_response = cnt[:, ROLE_RESPONSE : ROLE_RESPONSE + 1] > 0  # [m, 1]
+        spans = {span for _, span in self._variants} | set(self._span_names)
+
+        def by_span(a: torch.Tensor, span: str, combine) -> torch.Tensor:
+            """``a [m, 2, ...]`` combined over the roles ``span`` scores (``detectors.spans.span_roles``)."""
+            with_r, without_r = self._span_roles[span]
+
+            def over(roles: tuple[int, ...]) -> torch.Tensor:  # views where one role is enough: no copies
+                return a[:, roles[0]] if len(roles) == 1 else combine(a if len(roles) == 2 else a[:, list(roles)])
+
+            if without_r is None:  # the roles do not depend on the request
+                return over(with_r)
+            return torch.where(has_response.view(-1, *[1] * (a.dim() - 2)), over(with_r), over(without_r))
+
+        def total(a: torch.Tensor) -> torch.Tensor:
+            return a.sum(1)
+
+        counts = {span: by_span(cnt, span, total) for span in spans}  # [m]
         out = self._bias.expand(d, m).clone()  # [d, m]: transposed, see __init__
         for v, (agg, span) in enumerate(self._variants):
-            mask = masks[span][:, :, None]
-            if agg == "max":  # latents are >= 0, so a zeroed role never wins the max
-                feats = (mx * mask).amax(1)
+            if agg == "max":
+                feats = by_span(mx, span, lambda a: a.amax(1))
             else:
-                feats = (sm * mask).sum(1) / counts[span].clamp_min(1)
+                feats = by_span(sm, span, total) / counts[span].clamp_min(1)[:, None]
             out.addmm_(self._block_t[v], feats.T)
         out = out.T
-        span_counts = torch.cat([counts[span] for span in SPANS], 1)  # [m, len(SPANS)]
-        return torch.where(span_counts.index_select(1, self._span_index) > 0, out, float("nan"))
+        span_counts = torch.stack([counts[span] for span in self._span_names], 1)  # [m, n_detectors]
+        return torch.where(span_counts > 0, out, float("nan"))
 
     def has_response(self, slot: int) -> bool:
         """The request in ``slot`` has response tokens."""
