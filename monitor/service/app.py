@@ -4,7 +4,8 @@
 its threads and drains them on shutdown. Shared objects live in ``app.state`` and reach the
 handlers through dependencies; auth is a dependency too (bearer tokens compared in constant time:
 401 without a token, 403 with a wrong one). Every error the API raises itself has the body
-``{"error": code, "detail": message}`` (``monitor.service.api_models.ErrorBody``).
+``{"error": code, "detail": message}`` (``monitor.service.api_models.ErrorBody``); so does an unexpected
+exception (500, ``"error": "internal"``; the traceback goes to the log).
 
     POST /v1/activations   ingest token   wire batch -> 202 | 400 401 403 404 409 413 415 429 503
     POST /v1/score         ingest token   text -> scores and alerts (only with model.load)
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -53,6 +55,8 @@ from monitor.service.ingest import (
 from monitor.service.refusals import ApiError, IngestError
 from monitor.service.scoring_pipeline import ScoreResult
 from monitor.service.sidecar import Sidecar, detector_info
+
+log = logging.getLogger(__name__)
 
 SCORE_TIMEOUT_S = 60.0
 _STATUSES = {s.value for s in HTTPStatus}
@@ -184,6 +188,14 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         # Framework errors (unparsable JSON, unknown path, wrong method) get the same body as ours.
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_") if exc.status_code in _STATUSES else "error"
         return _error_response(ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # Anything unexpected: the same JSON body as every other error, not Starlette's plain text. Starlette
+        # re-raises the exception after this answer, so the server logs its traceback.
+        log.error("unhandled %s answering %s %s", type(exc).__name__, request.method, request.url.path)
+        return _error_response(ApiError(500, "internal", f"unexpected {type(exc).__name__} while answering "
+                                        f"{request.method} {request.url.path}; the traceback is in the sidecar's log"))
 
     # ------------------------------------------------------------------ ingest
     @app.post(

@@ -3,14 +3,12 @@ them, and the FastAPI app under Starlette's TestClient (lifespan started and sto
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
-from sidecar_testkit import free_port, make_sae, make_settings, make_spec, wait_http
+from sidecar_testkit import live_server, make_sae, make_settings, make_spec
 
 from monitor.sae import FrozenSAE
 from monitor.service.app import create_app
@@ -59,16 +57,8 @@ def client(sidecar: Sidecar) -> Iterator[TestClient]:
 @pytest.fixture()
 def live_url(sidecar: Sidecar) -> Iterator[str]:
     """The sidecar app under a real uvicorn server on a free port, in a thread; its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(sidecar), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/healthz", 20)
-    yield url
-    server.should_exit = True
-    thread.join(15)
+    with live_server(create_app(sidecar)) as url:
+        yield url
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -9,7 +9,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -126,6 +129,24 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) 
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} did not answer within {timeout_s}s")
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """``app`` under a real uvicorn server on a free loopback port, in a thread (lifespan on); its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/healthz", 20)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(15)
 
 
 def console_script() -> str:

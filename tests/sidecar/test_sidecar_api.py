@@ -193,3 +193,41 @@ def test_openapi_documents_the_binary_ingest_body(client):
     assert set(body) == {"application/vnd.safetensors", "application/octet-stream"}
     schemes = spec["components"]["securitySchemes"]
     assert {"IngestToken", "AdminToken"} <= set(schemes)
+
+
+def test_a_final_turn_detector_is_listed_over_http(tmp_path, sae_dir, sae):
+    """A spec whose span is ``final_turn`` (as the shipped power_seeking one) is listed with its span."""
+    import httpx
+    from sidecar_testkit import live_server
+
+    specs = tmp_path / "final-turn-detectors"
+    make_spec(sae, "power_seeking", latents=(5, 21), weights=(1.0, 0.5), span="final_turn").save(specs / "ps.json")
+    sidecar = Sidecar.load(make_settings(tmp_path, sae_dir, specs))
+    with live_server(create_app(sidecar)) as url:
+        r = httpx.get(url + "/v1/detectors", headers=INGEST_AUTH, timeout=10)
+        assert r.status_code == 200, r.text
+        [info] = r.json()["detectors"]
+        assert (info["name"], info["span"]) == ("power_seeking", "final_turn")
+        assert httpx.get(url + "/v1/dashboard/thresholds", headers=ADMIN_AUTH, timeout=10).json()[0]["detector"] \
+            == "power_seeking"
+
+
+def test_an_unexpected_exception_answers_json_500_and_the_server_goes_on(sidecar, monkeypatch):
+    import httpx
+    from sidecar_testkit import live_server
+
+    def broken() -> None:
+        raise RuntimeError("injected fault")
+
+    with live_server(create_app(sidecar)) as url:
+        monkeypatch.setattr(sidecar, "readiness", broken)
+        r = httpx.get(url + "/readyz", timeout=10)
+        assert r.status_code == 500
+        assert r.headers["content-type"] == "application/json"
+        body = r.json()
+        assert body["error"] == "internal"
+        assert "RuntimeError" in body["detail"] and "GET /readyz" in body["detail"]
+        assert "injected fault" not in body["detail"]  # messages may carry internals; they go to the log only
+        assert httpx.get(url + "/healthz", timeout=10).status_code == 200
+        monkeypatch.undo()
+        assert httpx.get(url + "/readyz", timeout=10).status_code == 200
