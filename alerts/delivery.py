@@ -187,6 +187,9 @@ class AlertPipeline:
         if s.outbox is not None:
             out["outbox_pending"] = s.outbox.pending
             out["outbox_oldest_pending_age_s"] = round(s.outbox.oldest_pending_age_s or 0.0, 3)
+            out["outbox_write_failures_total"] = s.outbox.write_failures_total
+            if s.outbox.last_write_error:
+                out["outbox_last_write_error"] = s.outbox.last_write_error
         if s.publisher is not None:
             out["kafka_published_total"] = s.publisher.published_total
             out["kafka_failed_total"] = s.publisher.failed_total

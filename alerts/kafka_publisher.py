@@ -5,7 +5,9 @@ request id at a time, so a request's alerts arrive in emission order even across
 and broker outages), sends them with key = request id and headers ``event_id``,
 ``detector``, ``severity``, ``schema``, and marks each row delivered when the broker
 acknowledges it. A failed send is retried after an exponential backoff; rows stay in the
-outbox until acknowledged, so a crash or a broker outage only delays them.
+outbox until acknowledged, so a crash or a broker outage only delays them. When the outbox
+cannot record an acknowledgement (disk full), the row is kept out of the sends and the mark
+is retried, so an outbox outage does not make the loop send the same alerts again and again.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class KafkaAlertPublisher:
         self._producer_failures = 0
         self._producer_retry_at = 0.0
         self._inflight: dict[int, OutboxRow] = {}
+        self._unmarked: list[int] = []  # acknowledged by the broker, not yet marked delivered in the outbox
         self._sent_at: dict[int, float] = {}  # seq -> monotonic send time, oldest first (insertion order)
         # A send neither acknowledged nor failed this long after it was handed to the producer means
         # the producer is wedged (seen with kafka-python after a broker restart: a batch that never
@@ -209,7 +212,10 @@ class KafkaAlertPublisher:
         now = time.time()
         if now - self._last_prune > 60:
             self._last_prune = now
-            self.outbox.prune_delivered(now)
+            try:
+                self.outbox.prune_delivered(now)
+            except Exception as exc:  # noqa: BLE001 - pruning can wait; sending must not
+                log.warning("could not prune delivered outbox rows: %s", exc)
         if self._producer is None and not self._ensure_producer(now):
             self._sleep(max(0.05, self._producer_retry_at - now))
             return
@@ -218,7 +224,8 @@ class KafkaAlertPublisher:
             self._sleep(self._pause_until - now)
             return
         room = self.config.max_in_flight - len(self._inflight)
-        rows = self.outbox.heads(room, now=now, exclude=self._inflight.keys()) if room > 0 else []
+        busy = [*self._inflight.keys(), *self._unmarked]
+        rows = self.outbox.heads(room, now=now, exclude=busy) if room > 0 else []
         for row in rows:
             if self._stop.is_set() or not self._send(row):
                 break
@@ -272,7 +279,9 @@ class KafkaAlertPublisher:
             else:
                 failed.append((row, exc))
         if delivered:
-            self.outbox.mark_delivered(delivered)
+            self._unmarked.extend(delivered)
+        self._mark_acknowledged()
+        if delivered:
             self._published += len(delivered)
             self._connected = True
             self._consecutive_failures = 0
@@ -285,13 +294,28 @@ class KafkaAlertPublisher:
             with self._idle:
                 self._idle.notify_all()
 
+    def _mark_acknowledged(self) -> None:
+        """Mark acknowledged rows delivered; if the outbox cannot write, keep them (unsent) and retry later."""
+        if not self._unmarked:
+            return
+        try:
+            self.outbox.mark_delivered(self._unmarked)
+        except Exception as exc:  # noqa: BLE001 - sqlite3.Error (disk full, I/O error): retried next step
+            log.warning("cannot mark %d acknowledged alert(s) delivered in the outbox, will retry: %s",
+                        len(self._unmarked), exc)
+            return
+        self._unmarked = []
+
     def _record_failures(self, failed: list[tuple[OutboxRow, BaseException]]) -> None:
         now = time.time()
         marks = []
         for row, exc in failed:
             attempt = row.attempts + 1
             marks.append((row.seq, f"{type(exc).__name__}: {exc}", now + self._backoff.delay(attempt)))
-        self.outbox.mark_failed(marks)
+        try:
+            self.outbox.mark_failed(marks)
+        except Exception as exc:  # noqa: BLE001 - the rows stay pending; the pause below still spaces retries
+            log.warning("cannot record %d failed send(s) in the outbox: %s", len(marks), exc)
         self._failed += len(failed)
         self._consecutive_failures += 1
         self._pause_until = now + self._backoff.delay(self._consecutive_failures)
@@ -342,7 +366,7 @@ class KafkaAlertPublisher:
                                                f"(delivery + request timeouts: {self._stuck_after_s - 1:.1f} s)"))
 
     def _idle_wait(self, now: float) -> float:
-        if self._inflight:
+        if self._inflight or self._unmarked:
             return self.config.poll_interval_s
         due = self.outbox.next_due_at()
         if due is None:

@@ -15,21 +15,32 @@ Full-outbox policy (bounds are ``max_rows`` rows and ``max_bytes`` payload bytes
 
 So high and critical alerts are never dropped; every drop is counted per severity, and
 the counts are persisted in the database.
+
+Every write goes through one transaction helper (``_transaction``): ``BEGIN IMMEDIATE``, the
+statements, ``COMMIT``; on any exception (disk full, I/O error, a failed statement, a failed
+commit) it rolls back whatever is still open, so a failed write leaves neither a half-written
+transaction nor a connection stuck inside one: the next write starts clean. A failed write is
+counted (``OutboxStats.write_failures_total``) and ``OutboxStats.last_write_error`` holds its error
+until a write succeeds again.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
 from alerts.config import OutboxConfig
 from alerts.schema import Alert, Severity
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -121,6 +132,12 @@ class OutboxStats:
     """Alerts dropped by the full-outbox policy, per severity, over the database's whole life."""
     over_bound_total: int
     """High/critical alerts stored above the bound, over the database's whole life."""
+    write_failures_total: int = 0
+    """Write transactions (appends, delivery marks, pruning) that failed and were rolled back, since this
+    process opened the outbox."""
+    last_write_error: str | None = None
+    """The error of the last write when it failed (e.g. ``OperationalError: database or disk is full``);
+    ``None`` once a write has succeeded since."""
 
 
 class AlertOutbox:
@@ -152,7 +169,48 @@ class AlertOutbox:
         self._duplicates = 0
         self._delivered = 0
         self._failed = 0
+        self._write_failures = 0
+        self._last_write_error: str | None = None
         self._closed = False
+
+    # --- the one write transaction ----------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Hold the lock and run the block in ``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back on any exception.
+
+        Every write path uses this. SQLite itself may already have rolled back (it does on ``SQLITE_FULL``
+        and some I/O errors), so ROLLBACK is issued only while a transaction is still open; the in-memory
+        row and byte counts are re-read from the database after a rollback.
+        """
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._rollback_locked()
+                    raise
+            except Exception as exc:
+                self._write_failures += 1
+                self._last_write_error = f"{type(exc).__name__}: {exc}"
+                raise
+            self._last_write_error = None
+
+    def _rollback_locked(self) -> None:
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the original error matters more; the connection stays usable
+            log.warning("outbox rollback failed: %s", exc)
+        try:
+            self._rows, self._bytes = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            log.warning("outbox: cannot re-read the row count after a rollback: %s", exc)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -164,19 +222,10 @@ class AlertOutbox:
         """Commit several alerts in one transaction (one fsync); outcomes in input order."""
         now = time.time()
         outcomes: list[AppendOutcome] = []
+        with self._transaction():
+            for alert in alerts:
+                outcomes.append(self._append_locked(alert, now))
         with self._lock:
-            self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for alert in alerts:
-                    outcomes.append(self._append_locked(alert, now))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._rows, self._bytes = self._db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
-                ).fetchone()
-                raise
             for outcome in outcomes:
                 if outcome is AppendOutcome.STORED:
                     self._appended += 1
@@ -264,17 +313,15 @@ class AlertOutbox:
         if not seqs:
             return 0
         now = time.time() if now is None else now
-        with self._lock:
-            self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
-            changed = 0
+        changed = 0
+        with self._transaction() as db:
             for seq in seqs:
-                changed += self._db.execute(
+                changed += db.execute(
                     "UPDATE outbox SET state = 'delivered', delivered_at = ?, attempts = attempts + 1,"
                     " last_error = NULL WHERE seq = ? AND state = 'pending'",
                     (now, seq),
                 ).rowcount
-            self._db.execute("COMMIT")
+        with self._lock:
             self._delivered += changed
         return changed
 
@@ -283,16 +330,14 @@ class AlertOutbox:
         failures = list(failures)
         if not failures:
             return
-        with self._lock:
-            self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             for seq, error, next_at in failures:
-                self._db.execute(
+                db.execute(
                     "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
                     " WHERE seq = ? AND state = 'pending'",
                     (error[:500], next_at, seq),
                 )
-            self._db.execute("COMMIT")
+        with self._lock:
             self._failed += len(failures)
 
     def attempts_of(self, seq: int) -> int:
@@ -311,15 +356,10 @@ class AlertOutbox:
     def prune_delivered(self, now: float | None = None) -> int:
         """Delete delivered rows older than ``delivered_retention_s``; returns how many."""
         cutoff = (time.time() if now is None else now) - self.config.delivered_retention_s
-        with self._lock:
-            self._check_open()
-            n = self._db.execute(
-                "DELETE FROM outbox WHERE state = 'delivered' AND delivered_at < ?", (cutoff,)
-            ).rowcount
+        with self._transaction() as db:
+            n = db.execute("DELETE FROM outbox WHERE state = 'delivered' AND delivered_at < ?", (cutoff,)).rowcount
             if n:
-                self._rows, self._bytes = self._db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox"
-                ).fetchone()
+                self._rows, self._bytes = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
         return n
 
     # --- inspection -------------------------------------------------------------------------
@@ -360,6 +400,8 @@ class AlertOutbox:
                 failed_attempts_total=self._failed,
                 dropped_total={s.value: counters.get(f"dropped_{s.value}", 0) for s in Severity},
                 over_bound_total=counters.get("over_bound", 0),
+                write_failures_total=self._write_failures,
+                last_write_error=self._last_write_error,
             )
 
     def pragmas(self) -> dict[str, str | int]:

@@ -45,6 +45,16 @@ class AlertMetricsCollector(Collector):
             yield GaugeMetricFamily(
                 f"{p}_alerts_outbox_bytes", "Payload bytes held by the outbox.", value=s.outbox.bytes
             )
+            yield CounterMetricFamily(
+                f"{p}_alerts_outbox_write_failures",
+                "Outbox write transactions that failed and were rolled back (disk full, I/O error).",
+                value=s.outbox.write_failures_total,
+            )
+            yield GaugeMetricFamily(
+                f"{p}_alerts_outbox_write_failing",
+                "1 while the outbox's last write failed (0 once a write succeeds again).",
+                value=1.0 if s.outbox.last_write_error else 0.0,
+            )
             dropped = CounterMetricFamily(
                 f"{p}_alerts_dropped", "Alerts refused or evicted by the full outbox.", labels=["severity"]
             )

@@ -181,6 +181,8 @@ class Sidecar:
         metrics.gauge_function("active_requests", "Model requests with scoring state in memory.",
                                lambda: self.pipeline.stats().active_requests)
         metrics.gauge_function("alert_queue_depth", "Alerts waiting for their outbox commit.", lambda: self.emitter.depth)
+        metrics.gauge_function("alert_commits_failing", "1 while committing alerts to the outbox fails (they are kept "
+                               "and retried; /readyz says why).", lambda: 0 if self.emitter.healthy else 1)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -297,6 +299,9 @@ class Sidecar:
             stats = outbox.stats()
         except Exception as exc:  # noqa: BLE001
             return ReadinessCheck(ok=False, detail=f"outbox unreadable: {type(exc).__name__}: {exc}")
+        if stats.last_write_error:
+            # e.g. the publisher could not mark delivered rows (they stay pending and are sent again)
+            return ReadinessCheck(ok=False, detail=f"outbox writes failing: {stats.last_write_error}")
         path = Path(outbox.config.path)
         if str(path) != ":memory:" and not os.access(path.parent if not path.exists() else path, os.W_OK):
             return ReadinessCheck(ok=False, detail=f"{path} is not writable")

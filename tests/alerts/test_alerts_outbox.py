@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -120,4 +121,91 @@ def test_prune_delivered_keeps_recent_and_pending(tmp_path):
     assert box.prune_delivered() == 1
     stats = box.stats()
     assert (stats.pending, stats.delivered_retained) == (1, 1)
+    box.close()
+
+
+# --------------------------------------------------------------------------------- failed writes
+def _sql(path, statement: str) -> None:
+    """Run a statement through a second, independent connection to the same outbox file."""
+    db = sqlite3.connect(str(path), isolation_level=None, timeout=10)
+    try:
+        db.execute(statement)
+    finally:
+        db.close()
+
+
+def _committed(path) -> tuple[int, int]:
+    """Rows and payload bytes that another connection sees committed in the file."""
+    db = sqlite3.connect(str(path), timeout=10)
+    try:
+        return db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+    finally:
+        db.close()
+
+
+def test_failed_writes_roll_back_and_the_outbox_goes_on(tmp_path):
+    """A failing UPDATE in mark_delivered / mark_failed, a failing INSERT in the middle of a group, a failing
+    DELETE in prune (each injected with a real SQLite trigger) roll back; the following writes succeed."""
+    path = tmp_path / "outbox.sqlite3"
+    box = AlertOutbox(OutboxConfig(path=str(path), delivered_retention_s=0))
+    first = [make_alert(i) for i in range(3)]
+    box.append_many(first)
+    heads = box.heads(10)
+
+    _sql(path, "CREATE TRIGGER fail_update BEFORE UPDATE ON outbox BEGIN SELECT RAISE(ABORT, 'injected'); END")
+    with pytest.raises(sqlite3.IntegrityError, match="injected"):
+        box.mark_delivered([heads[0].seq, heads[1].seq])
+    with pytest.raises(sqlite3.IntegrityError, match="injected"):
+        box.mark_failed([(heads[2].seq, "KafkaTimeoutError", time.time() + 1)])
+    assert box.stats().write_failures_total == 2
+    assert box.stats().last_write_error == "IntegrityError: injected"
+
+    # The connection is not left inside a transaction: appends go on and are committed for everyone.
+    later = [make_alert(10 + i) for i in range(4)]
+    assert box.append_many(later[:2]) == [AppendOutcome.STORED] * 2
+    assert box.append(later[2]) is AppendOutcome.STORED
+    assert _committed(path)[0] == 6
+    assert box.stats().last_write_error is None
+    _sql(path, "DROP TRIGGER fail_update")
+    assert box.mark_delivered([heads[0].seq]) == 1
+    assert box.stats().delivered_total == 1
+
+    # A group whose second insert fails is rolled back whole, and the outbox's own counts stay true.
+    _sql(path, f"CREATE TRIGGER fail_insert BEFORE INSERT ON outbox WHEN NEW.event_id = '{later[3].event_id}'"
+               " BEGIN SELECT RAISE(ABORT, 'injected insert'); END")
+    with pytest.raises(sqlite3.IntegrityError, match="injected insert"):
+        box.append_many([make_alert(20), later[3]])
+    _sql(path, "DROP TRIGGER fail_insert")
+    rows, size = _committed(path)
+    assert rows == 6 and box.stats().bytes == size
+    _sql(path, "CREATE TRIGGER fail_delete BEFORE DELETE ON outbox BEGIN SELECT RAISE(ABORT, 'injected'); END")
+    with pytest.raises(sqlite3.IntegrityError):
+        box.prune_delivered(now=time.time() + 10)
+    _sql(path, "DROP TRIGGER fail_delete")
+    assert box.append(later[3]) is AppendOutcome.STORED
+    assert box.prune_delivered(now=time.time() + 10) == 1
+    assert box.stats().write_failures_total == 4
+    assert box.pending_event_ids() == [a.event_id for a in [*first[1:], *later]]
+    box.close()
+
+
+def test_a_full_database_fails_the_append_with_its_own_error_and_recovers(tmp_path):
+    """SQLite reports the database full (its page limit reached) and rolls the transaction back itself;
+    the append raises that error (not a failed ROLLBACK), and appends succeed once there is room."""
+    path = tmp_path / "outbox.sqlite3"
+    box = AlertOutbox(path)
+    box.append_many([make_alert(i) for i in range(5)])
+    with box._lock:  # the page limit is a setting of the outbox's own connection
+        pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+        box._db.execute(f"PRAGMA max_page_count = {pages}")
+    big = [make_alert(100 + i, request_id=f"big-{i}") for i in range(40)]
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        box.append_many(big)
+    stats = box.stats()
+    assert stats.last_write_error == "OperationalError: database or disk is full"
+    assert (stats.pending, stats.bytes) == _committed(path)
+    with box._lock:
+        box._db.execute("PRAGMA max_page_count = 1073741823")
+    assert box.append_many(big) == [AppendOutcome.STORED] * 40
+    assert box.stats().pending == 45 and box.stats().last_write_error is None
     box.close()

@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +323,127 @@ def test_poison_messages_are_skipped_and_counted(kafka_broker, topic, record_fig
     record_figures(
         messages=stats.received, poison=stats.malformed, alerts_yielded=len(got), redelivered_after=0
     )
+
+
+# ------------------------------------------------------------------------------ outbox disk full
+class _PageLimit:
+    """SQLite's own limit: the outbox's connection may not grow the database past its current pages."""
+
+    name = "page_limit"
+
+    def __init__(self, outbox: AlertOutbox, directory: Path) -> None:
+        self.outbox = outbox
+
+    def fill(self) -> None:
+        with self.outbox._lock:  # a setting of the outbox's own connection
+            pages = self.outbox._db.execute("PRAGMA page_count").fetchone()[0]
+            self.outbox._db.execute(f"PRAGMA max_page_count = {pages}")
+
+    def free(self) -> None:
+        with self.outbox._lock:
+            self.outbox._db.execute("PRAGMA max_page_count = 1073741823")
+
+
+class _FullFilesystem:
+    """A real full file system: the outbox lives on a small tmpfs, which a filler file fills up (ENOSPC for
+    the WAL and the database alike, so delivery marks fail too); deleting the filler frees it."""
+
+    name = "tmpfs"
+
+    def __init__(self, outbox: AlertOutbox, directory: Path) -> None:
+        self.filler = directory / "filler"
+
+    def fill(self) -> None:
+        import errno
+        import os
+
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            for chunk in (1 << 16, 512, 1):
+                try:
+                    while True:
+                        os.write(fd, b"\0" * chunk)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+
+@contextmanager
+def _outbox_dir(tmp_path: Path, kind: str):
+    if kind == "page_limit":
+        yield tmp_path
+        return
+    import os
+    import shutil
+
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root; the page_limit variant runs everywhere")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], check=False,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.parametrize("kind", ["page_limit", "tmpfs"])
+def test_outbox_full_mid_stream_then_recovers(kafka_broker, topic, tmp_path, kind, record_figures):
+    """The outbox's disk fills while alerts stream to Kafka, then frees up. Emits that fail raise (those alerts
+    were not emitted); nothing committed before or during the fault is lost; every alert emitted after the
+    recovery is delivered; the outbox reports its failing writes while they fail."""
+    kafka_broker.create_topic(topic, partitions=3)
+    with _outbox_dir(tmp_path, kind) as directory:
+        outbox = AlertOutbox(directory / "outbox.sqlite3")
+        fault = (_PageLimit if kind == "page_limit" else _FullFilesystem)(outbox, directory)
+        publisher = KafkaAlertPublisher(outbox, KafkaConnection(bootstrap_servers=kafka_broker.bootstrap),
+                                        PublisherConfig(topic=topic, retry_initial_s=0.05, retry_max_s=0.5))
+        committed: list[str] = []
+        refused: list[str] = []
+
+        with AlertPipeline(outbox=outbox, publisher=publisher) as pipeline:
+
+            def emit(i: int) -> bool:
+                alert = make_alert(i, request_id=f"req-{i % 10}")
+                try:
+                    pipeline.emit(alert)
+                except sqlite3.Error as exc:
+                    assert "full" in str(exc), exc
+                    refused.append(alert.event_id)
+                    return False
+                committed.append(alert.event_id)
+                return True
+
+            for i in range(100):
+                assert emit(i)
+            fault.fill()
+            for i in range(100, 200):
+                emit(i)
+                time.sleep(0.002)
+            during = outbox.stats()
+            assert refused, "the full outbox accepted every alert"
+            assert during.write_failures_total >= len(refused)
+            assert during.last_write_error is not None and "full" in during.last_write_error
+            assert pipeline.health()["outbox_write_failures_total"] == during.write_failures_total
+            fault.free()
+            for i in range(200, 300):
+                assert emit(i), f"alert {i} refused after the recovery"
+            assert pipeline.flush(60), pipeline.stats()
+            after = outbox.stats()
+        outbox.close()
+
+    assert after.pending == 0 and after.last_write_error is None
+    records = read_topic(kafka_broker.bootstrap, topic, expect=len(committed), timeout_s=60)
+    received = [json.loads(r.value)["event_id"] for r in records]
+    assert set(received) == set(committed), (
+        f"lost: {len(set(committed) - set(received))}, never committed but sent: {len(set(received) - set(committed))}")
+    record_figures(fault=kind, committed=len(committed), refused_during_fault=len(refused),
+                   write_failures=after.write_failures_total, received=len(received),
+                   duplicates=len(received) - len(set(received)), lost=0)
