@@ -14,7 +14,38 @@ from dataclasses import dataclass
 import torch
 
 from detectors.spans import ROLE_RESPONSE, ROLES, span_roles
-from detectors.spec import DetectorSpec, linear_score
+from detectors.spec import AGGREGATIONS, DetectorSpec, SpecError, linear_score
+
+
+def aggregate(z: torch.Tensor, how: str, window: int) -> torch.Tensor:
+    """The one definition of a detector's aggregation: ``z [n, k]`` latent values of the span's tokens, in
+    order, to ``[k]`` features (zeros for no tokens). Streaming scorers are tested equal to it after every
+    chunk.
+
+    ``max``     the largest value: one token decides; over a long prompt it only grows.
+    ``mean``    the mean: does not grow with length, but one scam paragraph in a long chat fades.
+    ``window``  the span cut into consecutive blocks of ``window`` tokens; the mean of each block, then the
+                largest block mean. The trailing partial block counts once it is at least half full, or
+                when it is the only block (a span shorter than ``window`` / 2: its mean). A long benign
+                conversation does not add up to an alert, and a short stretch of scam still stands out.
+    """
+    n, k = z.shape
+    if n == 0:
+        return torch.zeros(k)
+    if how == "max":
+        return z.max(dim=0).values
+    if how == "mean":
+        return z.mean(dim=0)
+    if how != "window":
+        raise ValueError(f"unknown aggregation {how!r}; use one of {', '.join(AGGREGATIONS)}")
+    full = n // window
+    rem = n - full * window
+    parts = []
+    if full:
+        parts.append(z[: full * window].reshape(full, window, k).mean(dim=1).max(dim=0).values)
+    if rem and (full == 0 or rem >= (window + 1) // 2):
+        parts.append(z[full * window :].mean(dim=0))
+    return torch.stack(parts).max(dim=0).values
 
 
 @dataclass(frozen=True)
@@ -38,6 +69,11 @@ class DetectorBank:
                       torch.tensor(s.weights, dtype=torch.float32))
             for s in specs
         ]
+        widths = {s.window for s in specs if s.aggregation == "window"}
+        if len(widths) > 1:
+            raise SpecError(f"window detectors scored together must share one window width, got {sorted(widths)}")
+        self.window: int | None = widths.pop() if widths else None
+        """Tokens per block of the bank's ``window`` detectors (None: it has none)."""
 
     @property
     def names(self) -> list[str]:
@@ -63,6 +99,9 @@ class RequestScores:
         self._max = {r: torch.zeros(n) for r in ROLES}
         self._sum = {r: torch.zeros(n) for r in ROLES}
         self._count = dict.fromkeys(ROLES, 0)
+        # ``window``: per role, the largest mean of a completed block and the sum of the open block.
+        self._block_max = {r: torch.zeros(n) for r in ROLES}
+        self._block_sum = {r: torch.zeros(n) for r in ROLES}
 
     def update(self, z: torch.Tensor, roles: torch.Tensor) -> None:
         """Add tokens: ``z [n, len(bank.latents)]`` latent values, ``roles [n]`` uint8."""
@@ -78,7 +117,19 @@ class RequestScores:
             zr = z[sel]
             self._max[r] = torch.maximum(self._max[r], zr.max(dim=0).values)  # latents are >= 0
             self._sum[r] += zr.sum(dim=0)
+            if self.bank.window:
+                self._add_to_blocks(r, zr)
             self._count[r] += n
+
+    def _add_to_blocks(self, r: int, zr: torch.Tensor) -> None:
+        w, seen, i = self.bank.window, self._count[r], 0
+        while i < zr.shape[0]:
+            take = min(w - seen % w, zr.shape[0] - i)
+            self._block_sum[r] += zr[i : i + take].sum(dim=0)
+            seen, i = seen + take, i + take
+            if seen % w == 0:  # a block is complete: means are >= 0, so a zero start is exact in the max
+                self._block_max[r] = torch.maximum(self._block_max[r], self._block_sum[r] / w)
+                self._block_sum[r] = torch.zeros_like(self._block_sum[r])
 
     def features(self, detector: int) -> torch.Tensor | None:
         """Aggregated latent values ``[k]`` of one detector, or None when its span has no tokens yet."""
@@ -89,6 +140,13 @@ class RequestScores:
             return None
         if c.spec.aggregation == "max":
             agg = torch.stack([self._max[r] for r in roles]).max(dim=0).values
+        elif c.spec.aggregation == "window":  # one role (the spec's validator): see ``aggregate``
+            (r,) = roles
+            w, n = self.bank.window, self._count[r]
+            done, rest = divmod(n, w)
+            agg = self._block_max[r]
+            if rest and (done == 0 or rest >= (w + 1) // 2):
+                agg = torch.maximum(agg, self._block_sum[r] / rest)
         else:
             agg = sum(self._sum[r] for r in roles) / count
         return agg[c.cols]

@@ -50,3 +50,4 @@ def span_mask(roles: np.ndarray, positions: np.ndarray, span: str) -> np.ndarray
     scored = positions > 0
     has_response = bool((scored & (roles == ROLE_RESPONSE)).any())
     return scored & np.isin(roles, span_roles(span, has_response))
+

@@ -13,7 +13,7 @@ and the detector fires when ``score >= threshold``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -23,6 +23,13 @@ from detectors.spans import Span
 
 SCHEMA = "safety-monitor.detector/v1"
 MAX_LATENTS = 64
+
+Aggregation = Literal["max", "mean", "window"]
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+DEFAULT_WINDOW = 16
+Kind = Literal["reply", "request"]
+KIND_SPAN: dict[str, str] = {"reply": "response", "request": "prompt"}
+"""The span each detector kind reads: the span is part of what a detector is, not a calibration choice."""
 
 
 def linear_score(bias: float, weights, features):
@@ -72,7 +79,14 @@ class DetectorSpec(BaseModel):
     latents: list[int] = Field(min_length=1, max_length=MAX_LATENTS)
     weights: list[float]
     bias: float = 0.0
-    aggregation: Literal["max", "mean"] = "max"
+    aggregation: Aggregation = "max"
+    """How a latent's values over the span's tokens become one feature (``detectors.scoring.aggregate``)."""
+    window: int = Field(DEFAULT_WINDOW, ge=1, le=4096)
+    """Tokens per block of the ``window`` aggregation."""
+    kind: Kind | None = None
+    """What the detector monitors: ``reply`` (what the model writes: the response span; the product's
+    primary monitors) or ``request`` (what the user asks or pastes: the prompt span). None: a detector of
+    an older calibration, which chose its span itself."""
     span: Span = "all"
     """Tokens scored (``detectors.spans``): ``final_turn`` is the response once the request has one, else the prompt."""
     threshold: float
@@ -93,6 +107,10 @@ class DetectorSpec(BaseModel):
             raise ValueError("latent ids must be non-negative")
         if any(v < self.threshold for v in self.severity_thresholds.values()):
             raise ValueError("severity thresholds must be at or above the alert threshold")
+        if self.kind is not None and self.span != KIND_SPAN[self.kind]:
+            raise ValueError(f"a {self.kind} detector reads the {KIND_SPAN[self.kind]} span, not {self.span!r}")
+        if self.aggregation == "window" and self.span not in ("prompt", "response"):
+            raise ValueError("the window aggregation reads one role: use it with the prompt or response span")
         return self
 
     def severity(self, score: float) -> str | None:

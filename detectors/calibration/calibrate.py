@@ -44,9 +44,10 @@ from detectors.calibration.data import Example, by_split
 from detectors.calibration.discover import DiscoveryConfig, LinearDetector, fit_detector, rank_latents
 from detectors.calibration.probe import fit_probe
 from detectors.calibration.span_features import AGGREGATIONS, dense_features, latent_features
-from detectors.calibration.stats import auroc, bootstrap_auroc, threshold_metrics
-from detectors.calibration.thresholds import conformal_threshold
-from detectors.spec import CalibrationRecord, DetectorSpec
+from detectors.calibration.stats import auroc, auroc_columns, bootstrap_auroc, threshold_metrics
+from detectors.calibration.thresholds import sliced_threshold
+from detectors.spec import DEFAULT_WINDOW, KIND_SPAN, CalibrationRecord, DetectorSpec
+from detectors.traffic_slices import MULTI_TURN_MESSAGES, TRAFFIC_SLICES, traffic_slices
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,16 @@ class CalibrationConfig:
     """Spans tried."""
     aggregations: tuple[str, ...] = AGGREGATIONS
     """Aggregations tried."""
+    window: int = DEFAULT_WINDOW
+    """Tokens per block of the ``window`` aggregation."""
     leave_one_source_out: bool = True
     """Also fit without each source and score that source; the span choice then weighs those scores too
     (off: the span is chosen by grouped CV alone, and no per-source fits are made)."""
     n_boot: int = 500
     """Bootstrap resamples for intervals."""
+    max_multi_turn_train: int | None = 400
+    """Multi-turn benign conversations among the training rows (all of them calibrate and test): enough to
+    teach the detectors what everyday chats look like, without their thousands of tokens dominating."""
     benign_weight: float = 0.5
     """Share of the negative class's training weight carried by the benign train rows (all of them
     join); the concept's own negatives carry the rest, the positives as much as all negatives. Equal
@@ -97,6 +103,19 @@ class DetectorReport:
     loso: dict[str, dict]
     checks: dict[str, dict]
     top_latents: list[dict]
+    kind: str | None = None
+    """``reply`` or ``request``; None for a detector whose span calibration chose."""
+    threshold_slice: str = "pooled"
+    """The traffic slice whose threshold binds (the others' FPR is then lower)."""
+    calibration_by_slice: dict[str, dict] = field(default_factory=dict)
+    """Per traffic slice: benign calibration samples, the slice's own threshold and FPR bound."""
+    benign_unseen_by_slice: dict[str, dict] = field(default_factory=dict)
+    """Per traffic slice: FPR (and interval) on benign test traffic calibration never saw."""
+    rejected_latents: list[dict] = field(default_factory=list)
+    """Strong latents kept out of the detector, with the reason."""
+    latents: list[dict] = field(default_factory=list)
+    """Every latent of the detector: id, weight, label."""
+    calibration_recall_by_choice: dict[str, float] = field(default_factory=dict)
     scores: dict[str, list] = field(default_factory=dict)
     """Test and benign scores with labels, for plots."""
 
@@ -134,6 +153,8 @@ class SpanChoice:
     """Per source: the detector fit on the train split without that source (leave-one-source-out)."""
     unseen_source_auroc: dict[str, float]
     """Per source: AUROC of ``without[source]`` on that source's train rows, which it never saw."""
+    calibration_recall: float = float("nan")
+    """Recall on the calibration split's positives at the per-slice threshold of its benign traffic."""
 
     @property
     def cv_auroc(self) -> float:
@@ -141,10 +162,15 @@ class SpanChoice:
 
     @property
     def selection_score(self) -> float:
-        """Grouped CV AUROC, averaged with the mean unseen-source AUROC when there are several sources."""
-        if not self.unseen_source_auroc:
-            return self.cv_auroc
-        return 0.5 * (self.cv_auroc + float(np.mean(list(self.unseen_source_auroc.values()))))
+        """The mean of: grouped CV AUROC; the mean unseen-source AUROC when there are several sources; and
+        the calibration recall at the per-slice threshold (where measured), so an aggregation that lifts
+        long benign conversations toward the positives pays for it."""
+        parts = [self.cv_auroc]
+        if self.unseen_source_auroc:
+            parts.append(float(np.mean(list(self.unseen_source_auroc.values()))))
+        if not np.isnan(self.calibration_recall):
+            parts.append(self.calibration_recall)
+        return float(np.mean(parts))
 
 
 def _loso_sources(examples: list[Example], src_tr: np.ndarray, own: np.ndarray, y_tr: np.ndarray) -> list[str]:
@@ -162,13 +188,78 @@ def _loso_sources(examples: list[Example], src_tr: np.ndarray, own: np.ndarray, 
             and both(y_tr[own & (src_tr == src)]) and both(y_tr[src_tr != src])]
 
 
+def _score(cache: ActivationCache, sae, det: LinearDetector, ex: list[Example], span: str, agg: str) -> np.ndarray:
+    """Scores of ``ex`` under ``det`` (only its latents are encoded)."""
+    if not ex:
+        return np.zeros(0)
+    f = latent_features(cache, sae, ex, span=span, aggregations=(agg,), latents=det.latents, progress=False)[agg]
+    return det.score(f, columns=list(range(len(det.latents))))
+
+
+def slice_masks(examples: list[Example], cache: ActivationCache) -> dict[str, np.ndarray]:
+    """Per traffic slice (``detectors.traffic_slices``), which of ``examples`` belong to it (token counts
+    as cached: at most the cache's context)."""
+    member = [traffic_slices(e.n_turns, len(cache.get(e.key).positions)) for e in examples]
+    return {name: np.array([name in m for m in member], dtype=bool) for name in TRAFFIC_SLICES}
+
+
+def _cap_multi_turn(examples: list[Example], n: int | None) -> list[Example]:
+    """At most ``n`` multi-turn conversations (deterministically, by key) among ``examples``; the rest kept."""
+    multi = sorted((e for e in examples if e.n_turns >= MULTI_TURN_MESSAGES), key=lambda e: e.key)
+    if n is None or len(multi) <= n:
+        return examples
+    keep = {e.key for e in multi[:n]}
+    return [e for e in examples if e.n_turns < MULTI_TURN_MESSAGES or e.key in keep]
+
+
+def admissible_latents(features: np.ndarray, labels: np.ndarray, sources: np.ndarray,
+                       excluded: set[int] = frozenset(), margin: float = 0.0) -> tuple[np.ndarray, list[dict]]:
+    """Latents a detector may use, and the rejected strong ones with the reason.
+
+    A latent enters only if it separates the concept in the same direction within every source that holds
+    both labels (its per-source AUROCs all above, or all below, 0.5 + ``margin``), and is not ``excluded``
+    (a formatting latent, ``monitor.toolkit.latent_labels``). A latent that marks positives in one source
+    and negatives in another tracks how that source was made (answer letters, list markers, phone numbers),
+    not the concept. ``features [n, d_sae]`` of the concept's own rows."""
+    d = features.shape[1]
+    ok = np.ones(d, dtype=bool)
+    per_source = {}
+    for src in sorted(set(sources.tolist())):
+        m = sources == src
+        if len(set(labels[m].tolist())) < 2:
+            continue
+        per_source[src] = np.nan_to_num(auroc_columns(features[m], labels[m]), nan=0.5)
+    if len(per_source) >= 2:
+        a = np.stack(list(per_source.values()))  # [sources, d]
+        ok = (a > 0.5 + margin).all(0) | (a < 0.5 - margin).all(0)
+    overall = np.nan_to_num(auroc_columns(features, labels), nan=0.5)
+    excluded_mask = np.zeros(d, dtype=bool)
+    excluded_mask[[i for i in excluded if i < d]] = True
+    strength = np.abs(overall - 0.5)
+    rejected = []
+    for j in np.argsort(-strength)[:200]:
+        if not ok[j] or excluded_mask[j]:
+            rejected.append({"latent": int(j), "auroc": round(float(overall[j]), 4),
+                             "reason": "formatting latent" if excluded_mask[j] else "opposite directions in "
+                             + ", ".join(f"{s}: {v[j]:.2f}" for s, v in per_source.items()),
+                             })
+    return np.flatnonzero(ok & ~excluded_mask), rejected[:20]
+
+
 def calibrate_concept(concept: str, examples: list[Example], benign: list[Example], cache: ActivationCache, sae, *,
-                      checks: list[Example] = (),
+                      checks: list[Example] = (), kind: str | None = None, excluded: set[int] = frozenset(),
+                      latent_labels: dict[int, str] | None = None,
                       model_id: str, hook: str, dataset_paths: list[Path], cfg: CalibrationConfig = CalibrationConfig(),
                       disc: DiscoveryConfig = DiscoveryConfig(), progress: bool = True) -> tuple[DetectorSpec, DetectorReport]:  # noqa: B008 -- frozen
     """Fit, threshold and evaluate the detector for ``concept`` (see module docstring)."""
     split = by_split(examples)
-    benign_split = by_split(benign)
+    benign_split = by_split([e for e in benign if not e.meta.get("long_document")])
+    # Long documents only calibrate and test: their 1,000+ tokens each would dominate training time.
+    long_docs = by_split([e for e in benign if e.meta.get("long_document")])
+    benign_split["calibration"] += long_docs["train"] + long_docs["calibration"]
+    benign_split["test"] += long_docs["test"]
+    benign_split["train"] = _cap_multi_turn(benign_split["train"], cfg.max_multi_turn_train)
+    spans = (KIND_SPAN[kind],) if kind else cfg.spans
     # Benign traffic of the train split joins the negatives: the detector must reject normal traffic
     # (long chats, instructions), not only the concept's own negatives, or its threshold, set on that
     # traffic, ends up above every positive.
@@ -187,51 +278,77 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
                  for src in loso_sources}  # training weights of each fit made without a source
     choices: dict[str, SpanChoice] = {}
     feats_by_span: dict[str, dict[str, np.ndarray]] = {}
-    for span in cfg.spans:
+    rejected: dict[str, list[dict]] = {}
+    cal_pos = [e for e in split["calibration"] if e.label == 1]
+    cal_slices = slice_masks(cal_neg, cache)
+
+    def _calibration_recall(d: LinearDetector, sp: str, ag: str) -> float:
+        """Recall on calibration positives at the per-slice threshold set on calibration benign traffic:
+        how a choice does once long conversations have had their say on the threshold."""
+        neg = _score(cache, sae, d, cal_neg, sp, ag)
+        try:
+            thr = sliced_threshold(neg, cal_slices, cfg.target_fpr, cfg.delta).threshold
+        except ValueError:
+            return float("nan")
+        pos = _score(cache, sae, d, cal_pos, sp, ag)
+        return float((pos >= thr).mean()) if len(pos) else float("nan")
+
+    for span in spans:
         feats_by_span[span] = latent_features(cache, sae, train, span=span, aggregations=cfg.aggregations,
-                                              progress=progress)
+                                              window=cfg.window, progress=progress)
         for agg in cfg.aggregations:
             f = feats_by_span[span][agg]
-            det = fit_detector(f, y_tr, g_tr, disc, judged=own, sample_weight=w_tr)
+            allowed, rejected[f"{span}/{agg}"] = admissible_latents(f[own], y_tr[own], src_tr[own], excluded)
+            det = fit_detector(f, y_tr, g_tr, disc, judged=own, sample_weight=w_tr, allowed=allowed)
             without, unseen = {}, {}
             for src in loso_sources:
                 rest, held = src_tr != src, own & (src_tr == src)
                 without[src] = fit_detector(f[rest], y_tr[rest], g_tr[rest], disc, judged=own[rest],
-                                            sample_weight=w_without[src])
+                                            sample_weight=w_without[src], allowed=allowed)
                 unseen[src] = auroc(without[src].score(f[held]), y_tr[held])
-            choices[f"{span}/{agg}"] = SpanChoice(det, without, unseen)
+            choice = SpanChoice(det, without, unseen)
+            choice.calibration_recall = _calibration_recall(det, span, agg)
+            choices[f"{span}/{agg}"] = choice
     best_key = max(choices, key=lambda k: np.nan_to_num(choices[k].selection_score, nan=-1))
     span, agg = best_key.split("/")
     det = choices[best_key].detector
     ranking = rank_latents(feats_by_span[span][agg][own], y_tr[own], top=10)
 
     def scores_of(ex: list[Example]) -> np.ndarray:
-        if not ex:
-            return np.zeros(0)
-        f = latent_features(cache, sae, ex, span=span, aggregations=(agg,), latents=det.latents, progress=False)[agg]
-        return det.score(f, columns=list(range(len(det.latents))))
+        return _score(cache, sae, det, ex, span, agg)
 
-    # --- threshold on benign calibration traffic
+    # --- threshold on benign calibration traffic, holding on every traffic slice
     cal_scores = scores_of(cal_neg)
-    choice = conformal_threshold(cal_scores, cfg.target_fpr, cfg.delta)
+    sliced = sliced_threshold(cal_scores, cal_slices, cfg.target_fpr, cfg.delta)
+    choice = sliced.by_slice.get(sliced.binding) or sliced.pooled
+    threshold = sliced.threshold
     severity = {}
     for name, factor in (("medium", 3), ("high", 10), ("critical", 30)):
         try:
-            severity[name] = max(conformal_threshold(cal_scores, cfg.target_fpr / factor, cfg.delta).threshold,
-                                 choice.threshold)
+            severity[name] = max(sliced_threshold(cal_scores, cal_slices, cfg.target_fpr / factor, cfg.delta).threshold,
+                                 threshold)
         except ValueError:
             break
 
     # --- test split, per source, unseen benign
     s_test, y_test = scores_of(test), _labels(test)
-    m_test = threshold_metrics(s_test, y_test, choice.threshold, _groups(test), n_boot=cfg.n_boot)
+    m_test = threshold_metrics(s_test, y_test, threshold, _groups(test), n_boot=cfg.n_boot)
     by_source = {}
     for src in sorted({e.source for e in test}):
         idx = [i for i, e in enumerate(test) if e.source == src]
-        by_source[src] = threshold_metrics(s_test[idx], y_test[idx], choice.threshold, _groups(test)[idx],
+        by_source[src] = threshold_metrics(s_test[idx], y_test[idx], threshold, _groups(test)[idx],
                                            n_boot=cfg.n_boot).to_dict()
     s_unseen = scores_of(benign_unseen)
-    m_unseen = threshold_metrics(s_unseen, np.zeros(len(s_unseen)), choice.threshold, n_boot=0)
+    m_unseen = threshold_metrics(s_unseen, np.zeros(len(s_unseen)), threshold, n_boot=0)
+    unseen_by_slice = {}
+    for name, mask in slice_masks(benign_unseen, cache).items():
+        m = threshold_metrics(s_unseen[mask], np.zeros(int(mask.sum())), threshold, n_boot=0) if mask.any() else None
+        unseen_by_slice[name] = {"n": int(mask.sum()), "fpr": None if m is None else m.fpr,
+                                 "fpr_ci": None if m is None else list(m.fpr_ci)}
+    cal_by_slice = {name: {"n": sliced.n_by_slice[name],
+                           "threshold": None if c is None else c.threshold,
+                           "fpr_upper_bound": None if c is None else c.fpr_upper_bound}
+                    for name, c in sliced.by_slice.items()}
 
     # --- dense probe on the same examples and span
     probe = fit_probe(dense_features(cache, train, span=span), y_tr, g_tr, judged=own, sample_weight=w_tr)
@@ -261,7 +378,7 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     check_results = {}
     for src in sorted({e.source for e in checks}):
         ex = [e for e in checks if e.source == src]
-        m = threshold_metrics(scores_of(ex), _labels(ex), choice.threshold, _groups(ex), n_boot=cfg.n_boot)
+        m = threshold_metrics(scores_of(ex), _labels(ex), threshold, _groups(ex), n_boot=cfg.n_boot)
         check_results[src] = m.to_dict()
 
     # --- no placebo detectors
@@ -290,22 +407,31 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
         threshold_rank=choice.rank, probe_auroc=auroc(p_test, y_test), span_choice_cv=
         {k: round(float(v.cv_auroc), 4) for k, v in choices.items()}, span_choice_score=
         {k: round(float(v.selection_score), 4) for k, v in choices.items()}, activations_compute_dtype=cache.compute_dtype,
+        threshold_slice=sliced.binding, fpr_by_slice=unseen_by_slice,
     )
+    labels = latent_labels or {}
+    what = {"reply": "the model's reply", "request": "the user's turn"}.get(kind or "", f"{span} tokens")
     spec = DetectorSpec(
-        name=concept, concept=concept, model=model_id, hook=hook, sae_sha256=sae.sha256,
-        latents=det.latents, weights=det.weights, bias=det.bias, aggregation=agg, span=span,
-        threshold=choice.threshold, severity_thresholds=severity, status=status, status_reason="; ".join(reasons),
-        calibration=record,
-        description=f"{concept}: {len(det.latents)} SAE latents, {agg} over {span} tokens",
+        name=f"{concept}_{kind}" if kind else concept, concept=concept, model=model_id, hook=hook,
+        sae_sha256=sae.sha256, latents=det.latents, weights=det.weights, bias=det.bias, aggregation=agg,
+        window=cfg.window, kind=kind, span=span,
+        threshold=threshold, severity_thresholds=severity, status=status, status_reason="; ".join(reasons),
+        calibration=record, latent_labels={i: labels[i] for i in det.latents if i in labels},
+        description=f"{concept} in {what}: {len(det.latents)} SAE latents, {agg} over {span} tokens",
     )
     report = DetectorReport(
         concept=concept, status=status, status_reason="; ".join(reasons), span=span, aggregation=agg,
         cv_auroc_by_choice={k: float(v.cv_auroc) for k, v in choices.items()},
-        unseen_source_auroc_by_choice={k: v.unseen_source_auroc for k, v in choices.items()}, threshold=choice.threshold,
+        unseen_source_auroc_by_choice={k: v.unseen_source_auroc for k, v in choices.items()}, threshold=threshold,
         n_benign_calibration=choice.n_benign, test=m_test.to_dict(), test_by_source=by_source,
         benign_unseen=m_unseen.to_dict(), probe={"auroc": auroc(p_test, y_test), "cv_auroc": probe.cv_auroc,
                                                  "c": probe.c}, probe_test_by_source=probe_by_source, loso=loso, checks=check_results,
-        top_latents=[asdict(r) for r in ranking],
+        top_latents=[asdict(r) for r in ranking], kind=kind, threshold_slice=sliced.binding,
+        calibration_by_slice=cal_by_slice, benign_unseen_by_slice=unseen_by_slice,
+        rejected_latents=rejected.get(best_key, []),
+        latents=[{"latent": i, "weight": w, "label": labels.get(i)} for i, w in
+                 sorted(zip(det.latents, det.weights), key=lambda t: -abs(t[1]))],
+        calibration_recall_by_choice={k: float(v.calibration_recall) for k, v in choices.items()},
         scores={"test": s_test.tolist(), "test_labels": y_test.tolist(), "test_sources": [e.source for e in test],
                 "benign_unseen": s_unseen.tolist(), "calibration_benign": cal_scores.tolist(),
                 "probe_test": p_test.tolist()},

@@ -18,27 +18,68 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from detectors.calibration.splits import Split, group_key, split_of
 
-CONCEPT_FILES: dict[str, tuple[str, ...]] = {
-    "scam": ("scam/sms_spam_collection.jsonl", "scam/harmful_requests_fraud_vs_other_harm.jsonl",
-             "scam/alpaca_benign_writing_requests.jsonl"),
-    "deception": ("deception/anthropic_evals_persona.jsonl", "deception/repe_facts_instructed_pairs.jsonl"),
-    "power_seeking": ("power_seeking/anthropic_evals_persona.jsonl",
-                      "power_seeking/anthropic_evals_advanced_ai_risk_lm.jsonl"),
-    "sycophancy": ("sycophancy/anthropic_evals_political_typology.jsonl",
-                   "sycophancy/truthfulqa_templated_answer_sycophancy.jsonl"),
-}
-"""Labelled files each concept's detector is fitted and calibrated on, relative to the data directory."""
-CHECK_FILES: dict[str, tuple[str, ...]] = {
-    "deception": ("deception/truthfulqa_true_vs_false.jsonl",),
-}
-"""Files only evaluated, never fitted on: TruthfulQA's label is a factual falsehood, not an intent to
-deceive. A deceptive-intent detector should *not* separate it; the report shows that it does not."""
-BENIGN_FILES = ("benign/alpaca_instructions.jsonl", "benign/refusal_direction_harmless_chat.jsonl")
-"""Benign traffic (all label 0): false-positive calibration for every detector."""
+LabelIn = Literal["text", "prompt", "response", "both"]
 
+
+@dataclass(frozen=True)
+class LabelledFile:
+    """A labelled JSONL file and where in a conversation its label lives, which decides the detector kinds
+    (``detectors.spec.KIND_SPAN``) it trains:
+
+    ``text``      plain texts (an SMS, a persona statement): rendered as a user turn (request detectors)
+                  *and* as the assistant's reply to a neutral request (reply detectors), so the span and
+                  the content decide, not the format;
+    ``prompt``    the user's turn carries the label (requests for fraud): request detectors only;
+    ``response``  the assistant's turn carries it (a multiple-choice answer, a sycophantic reply, the
+                  model's own e-mail): reply detectors only;
+    ``both``      the label is the user's instruction and shapes the reply (RepE's "pretend you are
+                  dishonest"), or the row is benign traffic: both kinds.
+    """
+
+    path: str
+    """Relative to the data directory; ``generated:`` paths are relative to the project's generated-data
+    directory (``artifacts/data``)."""
+    label_in: LabelIn
+
+
+GENERATED = "generated:"
+
+CONCEPT_FILES: dict[str, tuple[LabelledFile, ...]] = {
+    "scam": (LabelledFile("scam/sms_spam_collection.jsonl", "text"),
+             LabelledFile("scam/harmful_requests_fraud_vs_other_harm.jsonl", "prompt"),
+             LabelledFile("scam/alpaca_benign_writing_requests.jsonl", "prompt"),
+             LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "response")),
+    "deception": (LabelledFile("deception/anthropic_evals_persona.jsonl", "text"),
+                  LabelledFile("deception/repe_facts_instructed_pairs.jsonl", "both")),
+    "power_seeking": (LabelledFile("power_seeking/anthropic_evals_persona.jsonl", "text"),
+                      LabelledFile("power_seeking/anthropic_evals_advanced_ai_risk_lm.jsonl", "response")),
+    "sycophancy": (LabelledFile("sycophancy/persona_sycophantic_replies.jsonl", "response"),),
+}
+"""Labelled files each concept's detectors are fitted and calibrated on."""
+CHECK_FILES: dict[str, tuple[LabelledFile, ...]] = {
+    "deception": (LabelledFile("deception/truthfulqa_true_vs_false.jsonl", "both"),),
+    "sycophancy": (LabelledFile("sycophancy/anthropic_evals_political_typology.jsonl", "response"),
+                   LabelledFile("sycophancy/truthfulqa_templated_answer_sycophancy.jsonl", "response")),
+}
+"""Files only evaluated, never fitted on. TruthfulQA's label is a factual falsehood, not an intent to
+deceive: a deceptive-intent detector should *not* separate it. Answering to match the user's politics,
+and caving in to a user's wrong answer, are other notions than the flattering agreement the sycophancy
+detector is fit on; the report shows how it does on them."""
+BENIGN_FILES: tuple[LabelledFile, ...] = (
+    LabelledFile("benign/alpaca_instructions.jsonl", "prompt"),
+    LabelledFile("benign/refusal_direction_harmless_chat.jsonl", "both"),
+    LabelledFile("benign/sgd_multiturn_dialogues.jsonl", "both"),
+)
+"""Benign traffic (all label 0): false-positive calibration for every detector. The multi-turn dialogues
+are the traffic a deployed monitor mostly sees; long documents from the corpus join them
+(``load_long_documents``)."""
+NEUTRAL_REQUESTS = ("Write something.", "Please respond.", "Go ahead.", "What would you say?", "Continue.",
+                    "Write a short message.")
+"""The user's turn before a plain labelled text rendered as the assistant's reply."""
 
 class DataError(ValueError):
     """A labelled file is malformed; the message names the file and line."""
@@ -71,8 +112,24 @@ class Example:
     def message_dicts(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
 
+    @property
+    def n_turns(self) -> int:
+        """Messages in the conversation (a user turn and a reply: 2)."""
+        return len(self.messages)
+
+    def has_reply(self) -> bool:
+        return any(r == "assistant" for r, _ in self.messages)
+
+    def as_reply(self) -> Example:
+        """This plain text as the assistant's reply to a neutral request (same label, group and split)."""
+        text = "\n\n".join(c for _, c in self.messages)
+        request = NEUTRAL_REQUESTS[int(hashlib.sha256(self.group.encode()).hexdigest(), 16) % len(NEUTRAL_REQUESTS)]
+        return Example((("user", request), ("assistant", text)), self.label, self.source, self.file, self.group,
+                       self.split, {**self.meta, "rendered": "reply"})
+
 
 _TURN = re.compile(r"(?:^|\n\n)(Human|User|Assistant):[ \t]?", re.MULTILINE)
+_LINE_TURN = re.compile(r"(?:^|\n)(Human|User|Assistant):[ \t]?")
 
 
 def row_messages(row: dict) -> list[dict[str, str]]:
@@ -83,6 +140,10 @@ def row_messages(row: dict) -> list[dict[str, str]]:
         return [{"role": "user", "content": prompt.strip()}, {"role": "assistant", "content": response.strip()}]
     text = str(row.get("text", ""))
     parts = _TURN.split(text)
+    if len(parts) < 5:  # one turn per line (``User: …\nAssistant: …``), as multi-turn dialogue corpora write them
+        lines = _LINE_TURN.split(text)
+        if len(lines) >= 5 and lines[0].strip() == "":
+            parts = lines
     if len(parts) >= 3 and parts[0].strip() == "":
         messages = []
         for speaker, content in zip(parts[1::2], parts[2::2]):
@@ -122,30 +183,102 @@ def load_file(path: Path, *, name: str | None = None) -> list[Example]:
     return out
 
 
-def load_concept(concept: str, data_dir: Path, *, max_per_file: int | None = None, seed: int = 0) -> list[Example]:
-    """All labelled examples of a concept. ``max_per_file``: keep at most this many rows of each file,
-    sampled by group (whole pairs) with both labels kept in proportion."""
+def resolve(f: LabelledFile, data_dir: Path, generated_dir: Path | None) -> Path:
+    """Where a labelled file lives."""
+    if f.path.startswith(GENERATED):
+        if generated_dir is None:
+            raise DataError(f"{f.path} is project-generated data: pass the generated-data directory")
+        return generated_dir / f.path[len(GENERATED):]
+    return data_dir / f.path
+
+
+def for_kind(examples: list[Example], label_in: LabelIn, kind: str) -> list[Example]:
+    """The examples of one file as a detector of ``kind`` (``reply`` or ``request``) is fit on them: plain
+    texts as replies to a neutral request for reply detectors; files whose label lives in the other turn
+    are left out (an identical prompt with both labels teaches a request detector nothing)."""
+    if kind == "reply":
+        if label_in == "prompt":
+            return []
+        if label_in == "text":
+            return [e.as_reply() for e in examples]
+        return [e for e in examples if e.has_reply()]
+    if kind == "request":
+        return [] if label_in == "response" else examples
+    raise ValueError(f"unknown detector kind {kind!r}; use reply or request")
+
+
+def _load(files: tuple[LabelledFile, ...], data_dir: Path, generated_dir: Path | None, kind: str,
+          max_per_file: int | None, seed: int, *, missing_ok: bool = False) -> list[Example]:
+    out = []
+    for f in files:
+        path = resolve(f, data_dir, generated_dir)
+        if missing_ok and not path.exists():
+            continue
+        out += for_kind(subsample(load_file(path, name=f.path), max_per_file, seed), f.label_in, kind)
+    return out
+
+
+def load_concept(concept: str, data_dir: Path, *, kind: str = "request", generated_dir: Path | None = None,
+                 max_per_file: int | None = None, seed: int = 0) -> list[Example]:
+    """All labelled examples of a concept, rendered for a detector of ``kind`` (``for_kind``).
+    ``max_per_file``: keep at most this many rows of each file, sampled by group (whole pairs) with both
+    labels kept in proportion."""
     if concept not in CONCEPT_FILES:
         raise KeyError(f"unknown concept {concept!r}; known: {', '.join(CONCEPT_FILES)}")
-    examples = []
-    for rel in CONCEPT_FILES[concept]:
-        examples += subsample(load_file(data_dir / rel, name=rel), max_per_file, seed)
-    return examples
+    return _load(CONCEPT_FILES[concept], data_dir, generated_dir, kind, max_per_file, seed)
 
 
-def load_checks(concept: str, data_dir: Path, *, max_per_file: int | None = None, seed: int = 0) -> list[Example]:
+def load_checks(concept: str, data_dir: Path, *, kind: str = "request", max_per_file: int | None = None,
+                seed: int = 0) -> list[Example]:
     """The concept's evaluation-only files (``CHECK_FILES``), test split only."""
-    out = []
-    for rel in CHECK_FILES.get(concept, ()):
-        out += [e for e in subsample(load_file(data_dir / rel, name=rel), max_per_file, seed) if e.split == "test"]
-    return out
+    return [e for e in _load(CHECK_FILES.get(concept, ()), data_dir, None, kind, max_per_file, seed)
+            if e.split == "test"]
 
 
-def load_benign(data_dir: Path, *, max_per_file: int | None = None, seed: int = 0) -> list[Example]:
-    out = []
-    for rel in BENIGN_FILES:
-        out += subsample(load_file(data_dir / rel, name=rel), max_per_file, seed)
-    return out
+def load_benign(data_dir: Path, *, kind: str = "request", max_per_file: int | None = None,
+                seed: int = 0) -> list[Example]:
+    """Benign traffic (``BENIGN_FILES``) rendered for a detector of ``kind``; files missing from ``data_dir``
+    are skipped (``missing_benign`` names them)."""
+    return _load(BENIGN_FILES, data_dir, None, kind, max_per_file, seed, missing_ok=True)
+
+
+def missing_benign(data_dir: Path) -> list[str]:
+    """The ``BENIGN_FILES`` not in ``data_dir``."""
+    return [f.path for f in BENIGN_FILES if not (data_dir / f.path).exists()]
+
+
+LONG_DOCUMENT_FILES = ("corpus/gutenberg_books.jsonl", "corpus/wikitext2_valid_test_detok.jsonl")
+"""Corpus files long benign documents are cut from."""
+
+
+def load_long_documents(data_dir: Path, *, n: int = 600, chars: int = 5200, kind: str = "request",
+                        seed: int = 0) -> list[Example]:
+    """``n`` benign documents of about ``chars`` characters (over 1,000 tokens), cut from the corpus at
+    paragraph boundaries: a pasted document (request detectors) or a long reply (reply detectors). The
+    long-traffic slice of calibration."""
+    pieces = []
+    for rel in LONG_DOCUMENT_FILES:
+        path = data_dir / rel
+        if not path.exists():
+            continue
+        books: dict[str, list[str]] = defaultdict(list)  # consecutive chunks of one book (or one article)
+        with path.open() as f:
+            for i, line in enumerate(f):
+                if line.strip():
+                    row = json.loads(line)
+                    books[str(row.get("title", i))].append(row["text"])
+        for title, texts in books.items():
+            stream, start = "\n\n".join(texts), 0
+            while start + chars <= len(stream):
+                cut = stream[start : start + chars]
+                end = cut.rfind("\n")
+                cut = cut[: end if end > chars // 2 else chars]
+                pieces.append((f"longdoc/{rel}/{title}/{start}", rel, cut.strip()))
+                start += len(cut)
+    random.Random(seed).shuffle(pieces)
+    out = [Example((("user", text),), 0, rel, "long_documents", group, split_of(group), {"long_document": True})
+           for group, rel, text in pieces[:n]]
+    return for_kind(out, "text", kind)
 
 
 def subsample(examples: list[Example], n: int | None, seed: int) -> list[Example]:

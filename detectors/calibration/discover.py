@@ -138,15 +138,17 @@ def _prune(xs: np.ndarray, y: np.ndarray, kept: np.ndarray, target: int, w: np.n
 
 def fit_detector(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                  cfg: DiscoveryConfig = DiscoveryConfig(), *, judged: np.ndarray | None = None,
-                 sample_weight: np.ndarray | None = None) -> LinearDetector:
+                 sample_weight: np.ndarray | None = None, allowed: np.ndarray | None = None) -> LinearDetector:
     """Select at most ``cfg.max_latents`` latents and fit the linear detector (see module docstring).
 
     ``judged``: the rows that rank the candidate latents and whose cross-validated AUROC chooses among
-    latent sets (default: all); the other rows only train.
+    latent sets (default: all); the other rows only train. ``allowed``: the latent ids that may be used
+    (default: all; calibration passes ``admissible_latents``).
     """
     labels = np.asarray(labels).astype(int)
     ranked_on = slice(None) if judged is None else judged
-    cand = [r.latent for r in rank_latents(features[ranked_on], labels[ranked_on], cfg.candidates)]
+    pool = np.arange(features.shape[1]) if allowed is None else np.asarray(allowed, dtype=int)
+    cand = [int(pool[r.latent]) for r in rank_latents(features[ranked_on][:, pool], labels[ranked_on], cfg.candidates)]
     x = features[:, cand]
     mu, sd = x.mean(0), _feature_scale(x)
     xs = (x - mu) / sd

@@ -68,8 +68,14 @@ def _short(source: str) -> str:
     return source.rsplit("/", 1)[-1].rsplit(":", 1)[-1].removesuffix(".jsonl").removesuffix(".csv")
 
 
-def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: Path, *, labels: dict[int, str]) -> Path:
-    """``docs/calibration/<detector>.md``: the numbers, the plot and the latents."""
+def _md(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
+
+
+def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: Path, *, labels: dict) -> Path:
+    """``docs/calibration/<detector>.md``: the numbers, the plot and the latents. ``labels``: latent id ->
+    a label string, or a record with ``label`` and ``contexts`` (``monitor.toolkit.latent_labels``)."""
     t, b = report.test, report.benign_unseen
     lines = [
         f"# Detector `{spec.name}` ({spec.concept})",
@@ -93,6 +99,18 @@ def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: 
         lines.append(f"| {src} | {m['n_pos']} | {m['n_neg']} | {_f(m['auroc'])} {_ci(m['auroc_ci'])} | "
                      f"{_f(m['recall'])} | {_f(m['fpr'])} | {_f(pa)} |")
     lines.append(f"| unseen benign traffic | 0 | {b['n_neg']} | – | – | {b['fpr']:.3f} {_ci(b['fpr_ci'])} | – |")
+    for name, m in report.benign_unseen_by_slice.items():
+        if m["n"]:
+            lines.append(f"| unseen benign, {name.replace('_', ' ')} | 0 | {m['n']} | – | – | "
+                         f"{m['fpr']:.3f} {_ci(m['fpr_ci'])} | – |")
+    if report.calibration_by_slice:
+        lines += ["", (f"Threshold per traffic slice (the largest binds: **{report.threshold_slice}**); a slice with "
+                  "too few benign calibration samples for the guarantee is only reported:"), "",
+                  "| slice | benign calibration samples | slice threshold | FPR bound |", "|---|---:|---:|---:|"]
+        for name, m in report.calibration_by_slice.items():
+            thr = "too few" if m["threshold"] is None else f"{m['threshold']:.4f}"
+            bound = "–" if m["fpr_upper_bound"] is None else f"{m['fpr_upper_bound']:.4f}"
+            lines.append(f"| {name.replace('_', ' ')} | {m['n']} | {thr} | {bound} |")
     if report.loso:
         lines += ["", "Leave one source out (fit without the source, scored on its calibration and test rows):", "",
                   "| held-out source | n | SAE detector AUROC [95% CI] | dense probe AUROC |", "|---|---:|---|---:|"]
@@ -110,17 +128,30 @@ def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: 
                   "the mean AUROC, on each source's train rows, of the fit made without that source:"), "",
                   "| choice | CV AUROC | unseen-source AUROC | score |", "|---|---:|---|---:|"]
         score = spec.calibration.model_extra["span_choice_score"]  # what calibration chose by
+        lines[-2:] = [("| choice | CV AUROC | unseen-source AUROC | calibration recall at the per-slice threshold | "
+                      "score |"), "|---|---:|---|---:|---:|"]
         for k in sorted(score, key=lambda k: -score[k]):
             per = ", ".join(f"{_short(src)} {a:.3f}" for src, a in unseen[k].items())
-            lines.append(f"| {k} | {report.cv_auroc_by_choice[k]:.3f} | {per} | {score[k]:.3f} |")
+            rec = report.calibration_recall_by_choice.get(k, float("nan"))
+            lines.append(f"| {k} | {report.cv_auroc_by_choice[k]:.3f} | {per} | {_f(rec)} | {score[k]:.3f} |")
     else:
         lines += ["", "Span and aggregation chosen by grouped 5-fold CV AUROC on the train split:", "",
                   "| choice | CV AUROC |", "|---|---:|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in sorted(report.cv_auroc_by_choice.items(), key=lambda kv: -kv[1])]
-    lines += ["", "Latents (weight × aggregated activation adds to the score):", "",
-              "| latent | weight | label |", "|---:|---:|---|"]
+    lines += ["", ("Latents (weight × aggregated activation adds to the score), with their label and three top "
+              "contexts on held-out text (the peak token in [[ ]]):"), "",
+              "| latent | weight | label | top contexts |", "|---:|---:|---|---|"]
     for lat, w in sorted(zip(spec.latents, spec.weights), key=lambda t: -abs(t[1])):
-        lines.append(f"| {lat} | {w:+.3f} | {labels.get(lat, '')} |")
+        rec = labels.get(lat)
+        label = getattr(rec, "label", rec) or ""
+        contexts = " · ".join(_md(c) for c in getattr(rec, "contexts", [])[:3])
+        lines.append(f"| {lat} | {w:+.3f} | {_md(label)} | {contexts} |")
+    if report.rejected_latents:
+        lines += ["", "Strong latents kept out of the detector:", "", "| latent | AUROC | reason |", "|---:|---:|---|"]
+        for r in report.rejected_latents:
+            rec = labels.get(r["latent"])
+            label = getattr(rec, "label", rec) or ""
+            lines.append(f"| {r['latent']} {_md(label)} | {r['auroc']:.3f} | {_md(r['reason'])} |")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path

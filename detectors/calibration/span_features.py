@@ -14,20 +14,14 @@ from tqdm import tqdm
 
 from detectors.calibration.activation_cache import ActivationCache
 from detectors.calibration.data import Example
+from detectors.scoring import aggregate
 from detectors.spans import span_mask
-
-AGGREGATIONS = ("max", "mean")
-
-
-def _aggregate(x: torch.Tensor, how: str) -> torch.Tensor:
-    if x.shape[0] == 0:
-        return torch.zeros(x.shape[1])
-    return x.max(dim=0).values if how == "max" else x.mean(dim=0)
+from detectors.spec import AGGREGATIONS, DEFAULT_WINDOW
 
 
 def latent_features(cache: ActivationCache, sae, examples: list[Example], *, span: str,
                     aggregations: tuple[str, ...] = AGGREGATIONS, latents: list[int] | None = None,
-                    progress: bool = True) -> dict[str, np.ndarray]:
+                    window: int = DEFAULT_WINDOW, progress: bool = True) -> dict[str, np.ndarray]:
     """``{aggregation: [n_examples, n_latents] float32}``: every latent (or just ``latents``) of ``sae``,
     aggregated over the span of each example."""
     out = {a: [] for a in aggregations}
@@ -36,7 +30,7 @@ def latent_features(cache: ActivationCache, sae, examples: list[Example], *, spa
         x = torch.from_numpy(np.asarray(t.acts[span_mask(t.roles, t.positions, span)], dtype=np.float32))
         z = sae.encode(x) if latents is None else sae.encode_latents(x, latents)
         for a in aggregations:
-            out[a].append(_aggregate(z, a))
+            out[a].append(aggregate(z, a, window))
     return {a: torch.stack(v).numpy() for a, v in out.items()}
 
 
@@ -46,5 +40,5 @@ def dense_features(cache: ActivationCache, examples: list[Example], *, span: str
     for e in examples:
         t = cache.get(e.key)
         x = torch.from_numpy(np.asarray(t.acts[span_mask(t.roles, t.positions, span)], dtype=np.float32))
-        rows.append(_aggregate(x, aggregation) if x.shape[0] else torch.zeros(t.acts.shape[1]))
+        rows.append(aggregate(x, aggregation, DEFAULT_WINDOW))
     return torch.stack(rows).numpy()

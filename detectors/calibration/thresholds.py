@@ -71,3 +71,39 @@ def conformal_threshold(benign_scores: np.ndarray, target_fpr: float = 0.01, del
     return ThresholdChoice(threshold=thr, rank=r, n_benign=n, target_fpr=target_fpr, delta=delta,
                            fpr_upper_bound=float(beta.ppf(1 - delta, r, n + 1 - r)),
                            calibration_fpr=float((s >= thr).mean()))
+
+
+@dataclass
+class SlicedThreshold:
+    """One threshold that keeps the FPR guarantee on every traffic slice with enough benign samples."""
+
+    threshold: float
+    """The largest of the slices' thresholds (and the pooled one)."""
+    binding: str
+    """The slice whose threshold it is (``pooled`` when no slice needs more)."""
+    pooled: ThresholdChoice
+    """The threshold of all benign calibration scores together."""
+    by_slice: dict[str, ThresholdChoice | None]
+    """Per slice: its own threshold, or None when it has too few samples for the guarantee (reported only)."""
+    n_by_slice: dict[str, int]
+
+
+def sliced_threshold(benign_scores: np.ndarray, slices: dict[str, np.ndarray], target_fpr: float = 0.01,
+                     delta: float = 0.05) -> SlicedThreshold:
+    """The threshold for ``target_fpr`` on every slice: each slice (a boolean mask over ``benign_scores``)
+    with at least ``min_benign_samples`` scores gets its own order-statistic threshold, and the largest of
+    those and the pooled one is used. A slice's FPR at a higher threshold can only be lower, so each such
+    slice keeps its guarantee (FPR <= target with probability >= 1 - delta, slice by slice). Why: pooled,
+    a threshold set mostly on short texts held 1 % on them and failed on long conversations, where the
+    scores of a max over a growing prompt sat higher."""
+    scores = np.asarray(benign_scores, dtype=float)
+    pooled = conformal_threshold(scores, target_fpr, delta)
+    need = min_benign_samples(target_fpr, delta)
+    by_slice: dict[str, ThresholdChoice | None] = {}
+    thr, binding = pooled.threshold, "pooled"
+    for name, mask in slices.items():
+        mask = np.asarray(mask, dtype=bool)
+        by_slice[name] = conformal_threshold(scores[mask], target_fpr, delta) if mask.sum() >= need else None
+        if by_slice[name] is not None and by_slice[name].threshold > thr:
+            thr, binding = by_slice[name].threshold, name
+    return SlicedThreshold(thr, binding, pooled, by_slice, {k: int(np.asarray(m).sum()) for k, m in slices.items()})

@@ -44,18 +44,23 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         BENIGN_FILES,
         CHECK_FILES,
         CONCEPT_FILES,
+        for_kind,
         load_benign,
         load_checks,
         load_concept,
         load_file,
+        load_long_documents,
+        missing_benign,
+        resolve,
         subsample,
     )
     from detectors.calibration.discover import DiscoveryConfig
     from detectors.calibration.report import plot_detector, write_markdown
-    from monitor.artifacts import default_sae_dir
+    from monitor.artifacts import ARTIFACTS_DIR, default_sae_dir
     from monitor.cli.common import UsageError
     from monitor.defaults import hook_name
     from monitor.dictionary.corpus import default_data_dir
+    from monitor.toolkit.latent_labels import LABELS_FILE, load_labels
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,37 +75,57 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_detectors_dir(sae_dir)
     docs = Path(args.docs)
     cache = _cache(lm, args)
-    benign = load_benign(data_dir, max_per_file=args.max_benign_per_file)
-    if args.benign:
-        benign += [e for p in args.benign for e in load_file(Path(p))]
+    generated = ARTIFACTS_DIR / "data"
+    labels = load_labels(sae_dir / LABELS_FILE, sae.sha256) if sae_dir is not None else {}
+    if not labels:
+        print("[calibrate] no latent_labels.json beside the SAE (`safety-monitor sae label`): formatting latents "
+              "cannot be kept out and specs carry no labels", file=sys.stderr)
+    excluded = {i for i, v in labels.items() if v.formatting}
+    if missing_benign(data_dir):
+        print(f"[calibrate] benign files missing from {data_dir}: {', '.join(missing_benign(data_dir))}",
+              file=sys.stderr)
     cfg = CalibrationConfig(target_fpr=args.target_fpr, leave_one_source_out=not args.no_loso)
     disc = DiscoveryConfig(max_latents=args.max_latents, candidates=args.candidates or DiscoveryConfig.candidates)
     summary = {}
     for concept in args.concepts:
-        checks = []
-        if args.data:
-            examples = [e for p in args.data for e in subsample(load_file(Path(p)), args.max_per_file, 0)]
-            paths = [Path(p) for p in args.data]
-        else:
-            examples = load_concept(concept, data_dir, max_per_file=args.max_per_file)
-            checks = load_checks(concept, data_dir, max_per_file=args.max_per_file)
-            paths = [data_dir / f for f in (*CONCEPT_FILES[concept], *CHECK_FILES.get(concept, ()))]
-        paths += [data_dir / f for f in BENIGN_FILES] + [Path(p) for p in args.benign or []]
-        print(f"[{concept}] {len(examples)} examples, {len(benign)} benign; computing activations", file=sys.stderr)
-        cache.ensure(examples + benign + checks, _runner(lm, cache))
-        if args.activations_only:
-            continue
-        spec, report = calibrate_concept(concept, examples, benign, cache, sae, checks=checks, model_id=lm.model_id,
-                                         hook=hook_name(args.layer), dataset_paths=paths, cfg=cfg, disc=disc)
-        spec.save(out / f"{spec.name}.json")
-        write_report_json(report, out / "reports" / f"{spec.name}.json")
-        png = plot_detector(report, spec, docs / f"{spec.name}.png")
-        write_markdown(report, spec, png, docs / f"{spec.name}.md", labels=spec.latent_labels)
-        summary[spec.name] = {"status": spec.status, "auroc": report.test["auroc"], "recall": report.test["recall"],
-                              "fpr_unseen_benign": report.benign_unseen["fpr"], "probe_auroc": report.probe["auroc"],
-                              "loso": {k: round(v["auroc"], 4) for k, v in report.loso.items()},
-                              "checks": {k: round(v["auroc"], 4) for k, v in report.checks.items()}}
-        print(json.dumps({spec.name: summary[spec.name]}), file=sys.stderr)
+        for kind in args.kinds:
+            benign = load_benign(data_dir, kind=kind, max_per_file=args.max_benign_per_file)
+            benign += load_long_documents(data_dir, n=args.long_documents, kind=kind)
+            if args.benign:
+                benign += for_kind([e for p in args.benign for e in load_file(Path(p))], "both", kind)
+            checks = []
+            if args.data:
+                examples = for_kind([e for p in args.data for e in subsample(load_file(Path(p)), args.max_per_file, 0)],
+                                    "both", kind)
+                paths = [Path(p) for p in args.data]
+            else:
+                examples = load_concept(concept, data_dir, kind=kind, generated_dir=generated,
+                                        max_per_file=args.max_per_file)
+                checks = load_checks(concept, data_dir, kind=kind, max_per_file=args.max_per_file)
+                paths = [resolve(f, data_dir, generated) for f in (*CONCEPT_FILES[concept], *CHECK_FILES.get(concept, ()))]
+            if not examples:
+                continue  # no file of this concept carries its label in this turn (sycophancy: replies only)
+            paths += [data_dir / f.path for f in BENIGN_FILES] + [Path(p) for p in args.benign or []]
+            name = f"{concept}_{kind}"
+            print(f"[{name}] {len(examples)} examples, {len(benign)} benign; computing activations", file=sys.stderr)
+            cache.ensure(examples + benign + checks, _runner(lm, cache))
+            if args.activations_only:
+                continue
+            spec, report = calibrate_concept(concept, examples, benign, cache, sae, checks=checks, kind=kind,
+                                             excluded=excluded, latent_labels={i: v.label for i, v in labels.items()},
+                                             model_id=lm.model_id, hook=hook_name(args.layer), dataset_paths=paths,
+                                             cfg=cfg, disc=disc)
+            spec.save(out / f"{spec.name}.json")
+            write_report_json(report, out / "reports" / f"{spec.name}.json")
+            png = plot_detector(report, spec, docs / f"{spec.name}.png")
+            write_markdown(report, spec, png, docs / f"{spec.name}.md", labels=labels)
+            summary[spec.name] = {"status": spec.status, "auroc": report.test["auroc"], "recall": report.test["recall"],
+                                  "fpr_unseen_benign": report.benign_unseen["fpr"], "probe_auroc": report.probe["auroc"],
+                                  "aggregation": spec.aggregation, "threshold_slice": report.threshold_slice,
+                                  "fpr_by_slice": {k: v["fpr"] for k, v in report.benign_unseen_by_slice.items()},
+                                  "loso": {k: round(v["auroc"], 4) for k, v in report.loso.items()},
+                                  "checks": {k: round(v["auroc"], 4) for k, v in report.checks.items()}}
+            print(json.dumps({spec.name: summary[spec.name]}), file=sys.stderr)
     if args.activations_only:
         print(json.dumps({"activations": str(cache.dir), "examples": len(cache.index)}))
         return 0
@@ -172,8 +197,29 @@ def _add_compute_dtype(parser: argparse.ArgumentParser) -> None:
                              "~2.5x faster on CPUs with AVX512-BF16 (default: float32)")
 
 
+def cmd_elicit(args: argparse.Namespace) -> int:
+    """Generate the model's replies to scam-eliciting and matched ordinary requests (labelled data)."""
+    import torch
+
+    from monitor.lm.loading import load_model
+    from monitor.toolkit.elicited_replies import generate_replies, scam_email_requests, write_rows
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model)
+    requests = scam_email_requests(args.pairs, seed=args.seed)
+
+    def progress(done: int, total: int) -> None:
+        print(f"[elicit] {done}/{total} replies", file=sys.stderr)
+
+    replies = generate_replies(lm, requests, max_new_tokens=args.max_new_tokens, seed=args.seed, progress=progress)
+    n = write_rows(Path(args.out), requests, replies, model_id=lm.model_id)
+    print(json.dumps({"out": args.out, "rows": n, "positives": sum(r.label for r in requests)}))
+    return 0
+
+
 def register(sub) -> None:
-    """Add ``calibrate`` and ``eval`` to the CLI's sub-parsers."""
+    """Add ``calibrate``, ``eval``, ``elicit`` and ``causal-check`` to the CLI's sub-parsers."""
     from detectors.calibration.data import CONCEPT_FILES
     from monitor.defaults import DEFAULT_LAYER, DEFAULT_MODEL_ID
 
@@ -198,11 +244,26 @@ def register(sub) -> None:
                      help="only compute and cache the examples' activations (e.g. while an SAE trains), then stop")
     cal.add_argument("--model", default=DEFAULT_MODEL_ID)
     cal.add_argument("--layer", type=int, default=DEFAULT_LAYER)
-    cal.add_argument("--context", type=int, default=256)
+    cal.add_argument("--context", type=int, default=1280,
+                     help="tokens per example kept (long conversations and documents are cut here)")
+    cal.add_argument("--kinds", type=lambda s: s.split(","), default=["reply", "request"],
+                     help="detector kinds: reply (the model's turn), request (the user's turn)")
+    cal.add_argument("--long-documents", type=int, default=600,
+                     help="long benign corpus documents (calibration and test only)")
     _add_compute_dtype(cal)
     cal.add_argument("--threads", type=int, default=0)
     cal.add_argument("--json", action="store_true")
     cal.set_defaults(func=cmd_calibrate)
+
+    el = sub.add_parser("elicit", help="labelled data of the model's own behaviour: its replies to scam-eliciting "
+                                       "and matched ordinary e-mail requests")
+    el.add_argument("--out", default="artifacts/data/scam/elicited_scam_email_replies.jsonl")
+    el.add_argument("--pairs", type=int, default=240, help="organisation x template pairs (two requests each)")
+    el.add_argument("--max-new-tokens", type=int, default=96)
+    el.add_argument("--seed", type=int, default=0)
+    el.add_argument("--model", default=DEFAULT_MODEL_ID)
+    el.add_argument("--threads", type=int, default=0)
+    el.set_defaults(func=cmd_elicit)
 
     ev = sub.add_parser("eval", help="score labelled JSONL with the shipped (or given) detectors")
     ev.add_argument("--data", action="append", required=True, help="labelled JSONL (text, label; repeatable)")
@@ -261,7 +322,8 @@ def example_activations(lm, layer: int, *, context: int, batch_size: int = 16, c
     from monitor.lm.runner import tap_sequences
 
     def compute(examples):
-        rendered = [render_chat(lm.tokenizer, e.message_dicts(), max_tokens=context) for e in examples]
+        rendered = [render_chat(lm.tokenizer, e.message_dicts(), max_tokens=context, live_roles=True)
+                    for e in examples]
         order = sorted(range(len(examples)), key=lambda i: len(rendered[i].input_ids))
         for results in tap_sequences(lm, layer, [r.input_ids for r in rendered], roles=[r.roles for r in rendered],
                                      batch_size=batch_size, order=order, compute_dtype=compute_dtype):

@@ -54,8 +54,26 @@ def cmd_sae_index(args: argparse.Namespace) -> int:
             bar.update(len(results))
     index = build_index(sae, [d.input_ids.numpy() for d in docs], acts, top_k=args.top_k)
     out = index.save(_sae_dir(args) / INDEX_FILE)
+    labels = _write_labels(index, lm, sae.sha256, _sae_dir(args))
     print(json.dumps({"index": str(out), "bytes": out.stat().st_size, "tokens": index.n_tokens,
-                      "dead_fraction": float((index.max_activation <= 0).mean())}))
+                      "dead_fraction": float((index.max_activation <= 0).mean()), **labels}))
+    return 0
+
+
+def _write_labels(index, lm, sha256: str, sae_dir: Path) -> dict:
+    from monitor.toolkit.latent_labels import LABELS_FILE, label_latents, save_labels
+
+    labels = label_latents(index, lambda ids: lm.tokenizer.decode(ids))
+    path = save_labels(sae_dir / LABELS_FILE, labels, sha256)
+    return {"labels": str(path), "labelled": len(labels), "formatting": sum(v.formatting for v in labels.values())}
+
+
+def cmd_sae_label(args: argparse.Namespace) -> int:
+    """Labels from an existing feature index (no model run; the tokenizer decodes the contexts)."""
+    from monitor.lm.loading import load_model
+
+    index = _index(args)
+    print(json.dumps(_write_labels(index, load_model(args.model), index.sae_sha256, _sae_dir(args))))
     return 0
 
 
@@ -153,6 +171,11 @@ def register(sub, sae_sub) -> None:
     ix.add_argument("--context", type=int, default=256)
     ix.add_argument("--threads", type=int, default=0)
     ix.set_defaults(func=cmd_sae_index)
+    lb = sae_sub.add_parser("label", help="label every latent from the feature index (top tokens and contexts; "
+                                           "formatting latents marked) into latent_labels.json beside the SAE")
+    lb.add_argument("--sae", help="SAE directory (default: the shipped one)")
+    lb.add_argument("--model", default=DEFAULT_MODEL_ID)
+    lb.set_defaults(func=cmd_sae_label)
 
     feat = sub.add_parser("features", help="inspect latents: top contexts, neighbours, search").add_subparsers(
         dest="features_command", required=True)

@@ -24,13 +24,19 @@ class ChatTokens:
     """``[n]`` uint8, ``ROLE_PROMPT`` or ``ROLE_RESPONSE`` (tokens inside assistant turns)."""
 
 
-def render_chat(tokenizer, messages: list[dict[str, str]], *, max_tokens: int | None = None) -> ChatTokens:
+def render_chat(tokenizer, messages: list[dict[str, str]], *, max_tokens: int | None = None,
+                live_roles: bool = False) -> ChatTokens:
     """Apply the tokenizer's chat template and mark assistant-turn tokens as ``ROLE_RESPONSE``.
 
     Roles come from rendering growing prefixes of the conversation: the tokens a prefix adds belong to
     its last message. The assistant header (``<|im_start|>assistant``) counts as prompt, like live
     traffic, where the server writes it before the model generates.
+
+    ``live_roles``: mark only the final assistant turn as ``ROLE_RESPONSE``, as the sidecar sees a live
+    request (the conversation so far is the prompt; the model generates one reply). Offline detector data
+    are rendered this way, so a multi-turn benign dialogue looks to a reply detector like live traffic.
     """
+    last_reply = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     ids: list[int] = []
     roles: list[int] = []
     for i, msg in enumerate(messages):
@@ -44,7 +50,8 @@ def render_chat(tokenizer, messages: list[dict[str, str]], *, max_tokens: int | 
         if full[: len(ids)] != ids:  # template is not prefix-stable: fall back to whole re-tokenisation
             ids, roles = [], []
         ids.extend(new)
-        roles.extend([ROLE_RESPONSE if msg["role"] == "assistant" else ROLE_PROMPT] * len(new))
+        is_reply = msg["role"] == "assistant" and (not live_roles or i == last_reply)
+        roles.extend([ROLE_RESPONSE if is_reply else ROLE_PROMPT] * len(new))
     if max_tokens is not None:
         ids, roles = ids[:max_tokens], roles[:max_tokens]
     return ChatTokens(torch.tensor(ids, dtype=torch.int64), torch.tensor(roles, dtype=torch.uint8))

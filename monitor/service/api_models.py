@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from alerts.dashboard.models import CalibrationSummary
 from alerts.schema import Alert
 from detectors.spans import Span
+from detectors.spec import Aggregation, Kind
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@/+=-]{0,127}$"
 
@@ -58,7 +59,9 @@ class DetectorInfo(BaseModel):
     description: str = ""
     threshold: float
     severity_thresholds: dict[str, float] = Field(default_factory=dict)
-    aggregation: Literal["max", "mean"]
+    aggregation: Aggregation
+    window: int = Field(description="Tokens per block of the window aggregation.")
+    kind: Kind | None = Field(None, description="'reply' (the model's turn) or 'request' (the user's turn).")
     span: Span
     n_latents: int = Field(description="Latents the detector reads.")
     status: str

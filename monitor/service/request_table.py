@@ -39,6 +39,13 @@ class RequestTable:
         self._max = torch.zeros(2 * capacity, u)
         self._sum = torch.zeros(2 * capacity, u)
         self._count = torch.zeros(2 * capacity, dtype=torch.float64)
+        self.window = bank.window
+        """Tokens per block of the ``window`` detectors (None: none in the bank, and no block state)."""
+        rows_w = 2 * capacity if self.window else 0
+        self._block_max = torch.zeros(rows_w, u)
+        """``window``: per row, the largest mean of a completed block of ``window`` tokens."""
+        self._block_sum = torch.zeros(rows_w, u)
+        """``window``: per row, the sum of the open (incomplete) block."""
         self._first = torch.full((2 * capacity,), _NO_POSITION, dtype=torch.int64)
         self._last = torch.full((2 * capacity,), -1, dtype=torch.int64)
         self.alerted = torch.zeros(capacity, d, dtype=torch.bool)
@@ -102,6 +109,9 @@ class RequestTable:
         rows = torch.cat([idx * 2, idx * 2 + 1])
         self._max.index_fill_(0, rows, 0)
         self._sum.index_fill_(0, rows, 0)
+        if self.window:
+            self._block_max.index_fill_(0, rows, 0)
+            self._block_sum.index_fill_(0, rows, 0)
         self._count.index_fill_(0, rows, 0)
         self._first.index_fill_(0, rows, _NO_POSITION)
         self._last.index_fill_(0, rows, -1)
@@ -135,6 +145,8 @@ class RequestTable:
             return
         key = slots * 2 + roles.to(torch.int64)
         z = z.to(torch.float32)
+        if self.window:
+            self._update_blocks(key, z)  # before the counts move: it needs each row's count so far
         # Latents are >= 0 and rows start at 0, so including the old value in the max is exact.
         self._max.scatter_reduce_(0, key[:, None].expand(-1, z.shape[1]), z, "amax")
         self._sum.index_add_(0, key, z)
@@ -142,6 +154,43 @@ class RequestTable:
         pos = positions.to(torch.int64)
         self._first.scatter_reduce_(0, key, pos, "amin")
         self._last.scatter_reduce_(0, key, pos, "amax")
+
+    def _update_blocks(self, key: torch.Tensor, z: torch.Tensor) -> None:
+        """Add tokens (``key [n]`` row of each, in arrival order; ``z [n, u]``) to the rows' blocks of ``window``
+        tokens: completed blocks' means join ``_block_max``, the open block's sum stays in ``_block_sum``."""
+        w, n = self.window, key.shape[0]
+        idx = torch.arange(n)
+        order = torch.argsort(key, stable=True)
+        sk = key[order]
+        starts = torch.ones(n, dtype=torch.bool)
+        starts[1:] = sk[1:] != sk[:-1]
+        rank = torch.empty_like(idx)
+        rank[order] = idx - torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), 0).values
+        before = self._count.index_select(0, key).to(torch.int64)  # tokens of the row before this batch
+        pair = key * (1 << 32) + (before + rank) // w  # (row, block) of each token
+        pairs, inv = torch.unique(pair, return_inverse=True)
+        sums = torch.zeros(len(pairs), z.shape[1]).index_add_(0, inv, z)
+        counts = torch.zeros(len(pairs), dtype=torch.int64).index_add_(0, inv, torch.ones(n, dtype=torch.int64))
+        rows, blocks = pairs >> 32, pairs & ((1 << 32) - 1)
+        row_count = self._count.index_select(0, rows).to(torch.int64)
+        was_open = blocks == row_count // w  # the block the row had open: add what it held
+        sums[was_open] += self._block_sum.index_select(0, rows[was_open])
+        complete = counts + torch.where(was_open, row_count % w, 0) == w
+        if bool(complete.any()):  # means are >= 0 and rows start at 0: including the old value is exact
+            self._block_max.scatter_reduce_(0, rows[complete][:, None].expand(-1, z.shape[1]),
+                                            sums[complete] / w, "amax")
+        self._block_sum.index_fill_(0, rows, 0)
+        self._block_sum.index_copy_(0, rows[~complete], sums[~complete])  # at most one open block per row
+
+    def _window_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The ``window`` aggregate (``detectors.scoring.aggregate``) of rows ``[...]``: ``[..., u]``."""
+        w = self.window
+        count = self._count[rows].to(torch.int64)
+        done, rest = count // w, count % w
+        use_open = (rest > 0) & ((done == 0) | (rest >= (w + 1) // 2))
+        best = self._block_max[rows]
+        open_mean = self._block_sum[rows] / rest.clamp_min(1).to(torch.float32)[..., None]
+        return torch.where(use_open[..., None], torch.maximum(best, open_mean), best)
 
     def scores(self, slots: torch.Tensor) -> torch.Tensor:
         """``[m, n_detectors]`` float32 scores of the requests in ``slots [m]``; NaN where the detector's
@@ -172,9 +221,13 @@ class RequestTable:
 
         counts = {span: by_span(cnt, span, total) for span in spans}  # [m]
         out = self._bias.expand(d, m).clone()  # [d, m]: transposed, see __init__
+        if self.window:
+            windowed = self._window_rows(slots[:, None] * 2 + torch.arange(2))  # [m, 2, u]
         for v, (agg, span) in enumerate(self._variants):
             if agg == "max":
                 feats = by_span(mx, span, lambda a: a.amax(1))
+            elif agg == "window":
+                feats = by_span(windowed, span, lambda a: a.amax(1))
             else:
                 feats = by_span(sm, span, total) / counts[span].clamp_min(1)[:, None]
             out.addmm_(self._block_t[v], feats.T)
@@ -196,6 +249,8 @@ class RequestTable:
         cols = self._cols[detector]
         if spec.aggregation == "max":
             return torch.stack([self._max[2 * slot + r, cols] for r in roles]).max(dim=0).values
+        if spec.aggregation == "window":
+            return torch.stack([self._window_rows(torch.tensor(2 * slot + r))[cols] for r in roles]).max(dim=0).values
         count = sum(float(self._count[2 * slot + r]) for r in roles)
         total = sum(self._sum[2 * slot + r, cols] for r in roles)
         return total / max(count, 1.0)
@@ -218,5 +273,6 @@ class RequestTable:
     @property
     def nbytes(self) -> int:
         """Memory held by the table's tensors."""
-        ts = (self._max, self._sum, self._count, self._first, self._last, self.alerted)
+        ts = (self._max, self._sum, self._count, self._first, self._last, self.alerted, self._block_max,
+              self._block_sum)
         return sum(t.numel() * t.element_size() for t in ts)

@@ -114,7 +114,7 @@ def detector_info(spec: DetectorSpec) -> DetectorInfo:
     return DetectorInfo(
         name=spec.name, version=spec.version, concept=spec.concept, description=spec.description,
         threshold=spec.threshold, severity_thresholds=dict(spec.severity_thresholds), aggregation=spec.aggregation,
-        span=spec.span, n_latents=len(spec.latents), status=spec.status,
+        window=spec.window, kind=spec.kind, span=spec.span, n_latents=len(spec.latents), status=spec.status,
         calibration=calibration_summary(spec.calibration),
     )
 

@@ -53,28 +53,34 @@ def test_calibrate_then_eval(tmp_path, capsys):
     rc = main(["calibrate", "--concepts", "prize", "--data", str(train_file), "--data-dir", str(data_dir),
                "--out", str(out), "--docs", str(docs), "--target-fpr", "0.05", "--json"])
     assert rc == 0
-    spec = DetectorSpec.load(out / "prize.json")
+    # Plain texts carry their label in the user's turn only here: one request detector, no reply detector.
+    assert not (out / "prize_reply.json").exists()
+    spec = DetectorSpec.load(out / "prize_request.json")
+    assert spec.kind == "request" and spec.span == "prompt"
     assert 1 <= len(spec.latents) <= 32
     assert spec.calibration.auroc > 0.9 and spec.status == "enabled"
-    assert (docs / "prize.png").stat().st_size > 10_000 and "AUROC" in (docs / "prize.md").read_text()
-    # With two sources, each span choice was also fit without each source and judged on it; the chosen
+    assert (docs / "prize_request.png").stat().st_size > 10_000 and "AUROC" in (docs / "prize_request.md").read_text()
+    # With two sources, each aggregation was also fit without each source and judged on it; the chosen
     # one's fits are the leave-one-source-out evaluation.
-    report = json.loads((out / "reports" / "prize.json").read_text())
+    report = json.loads((out / "reports" / "prize_request.json").read_text())
     chosen = f"{spec.span}/{spec.aggregation}"
+    assert {k.split("/")[0] for k in report["cv_auroc_by_choice"]} == {"prompt"}  # the kind fixes the span
     assert set(report["loso"]) == {"synthetic-sms", "synthetic-email"}
     assert all(set(v) == {"synthetic-sms", "synthetic-email"} for v in report["unseen_source_auroc_by_choice"].values())
     unseen = report["unseen_source_auroc_by_choice"][chosen]
-    expected = 0.5 * (report["cv_auroc_by_choice"][chosen] + sum(unseen.values()) / 2)
+    parts = [report["cv_auroc_by_choice"][chosen], sum(unseen.values()) / 2,
+             report["calibration_recall_by_choice"][chosen]]
+    expected = sum(parts) / 3
     assert abs(spec.calibration.model_extra["span_choice_score"][chosen] - expected) < 1e-3
     assert spec.calibration.model_extra["span_choice_score"][chosen] == max(
         spec.calibration.model_extra["span_choice_score"].values())
     assert all(m["auroc"] > 0.8 for m in report["loso"].values())
-    assert "unseen-source AUROC" in (docs / "prize.md").read_text()
+    assert "unseen-source AUROC" in (docs / "prize_request.md").read_text()
     capsys.readouterr()
 
     held_out = _write(tmp_path / "held_out.jsonl", _rows(40, seed=99))
     assert main(["eval", "--data", str(held_out), "--detectors", str(out), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)["detectors"]["prize"]
+    result = json.loads(capsys.readouterr().out)["detectors"]["prize_request"]
     assert (result["n_pos"], result["n_neg"]) == (20, 20)
     assert result["auroc"] > 0.9
     assert result["recall"] > 0.5 and result["fpr"] <= 0.2

@@ -1,0 +1,58 @@
+"""Latents that mean the concept: same direction in every source, no formatting latents, labelled."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detectors.calibration.calibrate import admissible_latents
+from detectors.calibration.discover import DiscoveryConfig, fit_detector
+from monitor.toolkit.feature_index import FeatureIndex
+from monitor.toolkit.latent_labels import label_latents
+
+
+def _two_sources(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1], n)
+    src = np.repeat(np.array(["multiple_choice", "statements"]), n)
+    x = rng.normal(0, 1, (2 * n, 6)).clip(0)
+    concept = y * 1.0
+    x[:, 0] += 1.5 * concept  # the concept: positive in both sources
+    # a format artefact: marks positives in one source ("(A) Yes" answers) and negatives in the other,
+    # and is the strongest single latent overall
+    artefact = np.where(src == "multiple_choice", y, 1 - y) * np.where(src == "multiple_choice", 4.0, 0.5)
+    x[:, 1] += artefact
+    return x, y, src
+
+
+def test_a_latent_that_flips_direction_between_sources_is_rejected():
+    x, y, src = _two_sources()
+    allowed, rejected = admissible_latents(x, y, src)
+    assert 0 in allowed and 1 not in allowed
+    assert any(r["latent"] == 1 and "opposite directions" in r["reason"] for r in rejected)
+    det = fit_detector(x, y, np.arange(len(y)), DiscoveryConfig(max_latents=2, candidates=6, folds=3), allowed=allowed)
+    assert 1 not in det.latents and 0 in det.latents
+    unrestricted = fit_detector(x, y, np.arange(len(y)), DiscoveryConfig(max_latents=2, candidates=6, folds=3))
+    assert 1 in unrestricted.latents  # what the selection picks when nothing stops it
+
+
+def test_a_formatting_latent_is_kept_out_and_reported():
+    x, y, src = _two_sources()
+    allowed, rejected = admissible_latents(x, y, src, excluded={0})
+    assert 0 not in allowed
+    assert any(r["latent"] == 0 and r["reason"] == "formatting latent" for r in rejected)
+
+
+def test_labels_mark_answer_letters_and_phone_numbers_as_formatting():
+    vocab = {1: "Choices", 2: ":", 3: " (", 4: "A", 5: ")", 6: " Yes", 7: "0906", 8: "517", 9: "4", 10: " password",
+             11: " verify", 12: " your", 13: " account"}
+    docs = [np.array([0, 1, 2, 3, 4, 5, 6]), np.array([0, 7, 8, 9, 12]), np.array([0, 11, 12, 13, 10])]
+    # latent 0 peaks on "Yes" after "(A)"; latent 1 on a digit of a phone number; latent 2 on words
+    top_doc = np.array([[0, 0, -1], [1, 1, -1], [2, 2, -1]], dtype=np.int32)
+    top_pos = np.array([[6, 4, 0], [3, 2, 0], [4, 1, 0]], dtype=np.int32)
+    index = FeatureIndex(np.ones(3, np.float32), np.ones(3, np.float32), np.ones((3, 3), np.float32), top_doc,
+                         top_pos, docs, 15, "0" * 64)
+    labels = label_latents(index, lambda ids: "".join(vocab.get(i, "<s>") for i in ids))
+    assert labels[0].formatting and labels[0].label.startswith("[format]")
+    assert labels[1].formatting
+    assert not labels[2].formatting and '"password"' in labels[2].label
+    assert "[[ password]]" in labels[2].contexts[0]
