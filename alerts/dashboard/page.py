@@ -4,6 +4,11 @@ It polls ``v1/dashboard/summary`` (relative, so the router may be mounted under 
 every few seconds and renders: a stale banner, alerts per minute per detector (SVG),
 sidecar health, detector thresholds with their calibration, and recent alerts with the
 tokens and latents that fired. All text from the data is inserted with ``textContent``.
+
+The poll URL is built without the user name and password a user may have typed into the
+address (``http://admin:TOKEN@host/dashboard``): browsers refuse to ``fetch`` such URLs. The
+banner names what went wrong: the sidecar unreachable, signed out (401) or refused (403), an
+HTTP error, or the store stale. ``login_html`` is the sign-in page (a plain HTML form).
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ _PAGE = """<!doctype html>
   .bars { display:inline-flex; align-items:flex-end; gap:1px; height:22px; vertical-align:middle; }
   .bars i { display:block; width:5px; background:#94a3b8; } .bars i.over { background:var(--high); }
   .empty { color:var(--muted); padding:10px 0; }
+  header form { margin:0; } header button { font:inherit; font-size:12px; color:#cbd5e1; background:none;
+    border:1px solid #475569; border-radius:6px; padding:2px 10px; cursor:pointer; }
+  .pill.signed-out { background:#fff3bf; color:#7c5d00; }
+  .pill.unreachable, .pill.error { background:#ffe3e3; color:#a61e1e; }
 </style>
 </head>
 <body>
@@ -65,6 +74,7 @@ _PAGE = """<!doctype html>
   <span class="spacer"></span>
   <span class="updated" id="updated">loading…</span>
   <span class="pill live" id="status-pill">live</span>
+__SIGN_OUT__
 </header>
 <div id="stale-banner" role="alert"></div>
 <main>
@@ -95,7 +105,7 @@ _PAGE = """<!doctype html>
 <script>
 "use strict";
 const REFRESH_MS = __REFRESH_MS__;
-const SUMMARY_URL = "v1/dashboard/summary?minutes=60&recent=__RECENT__";
+const SUMMARY_PATH = "v1/dashboard/summary?minutes=60&recent=__RECENT__";
 const COLORS = ["#4263eb","#e8590c","#2f9e44","#ae3ec9","#1098ad","#f08c00","#d6336c","#5c940d"];
 
 function el(tag, attrs, ...children) {
@@ -105,6 +115,22 @@ function el(tag, attrs, ...children) {
   }
   for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(c == null ? "" : String(c)));
   return node;
+}
+// Relative to the page (the router may sit under a prefix), but without the user name and password of an
+// address like http://admin:TOKEN@host/dashboard: fetch() refuses URLs that carry credentials. The browser
+// still authenticates the request: with the session cookie the sign-in set, or the Basic credentials it keeps.
+function apiUrl(path) {
+  const url = new URL(path, window.location.href);
+  url.username = ""; url.password = "";
+  return url.href;
+}
+async function errorDetail(response) {
+  try {
+    const body = await response.json();
+    return body.detail || body.error || response.statusText;
+  } catch (err) {
+    return response.statusText || "no detail";
+  }
 }
 function svg(tag, attrs) {
   const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
@@ -243,14 +269,17 @@ function renderAlerts(alerts) {
   }
 }
 
-function setStale(message) {
+function setStale(message, state) {
   const banner = document.getElementById("stale-banner");
   const pill = document.getElementById("status-pill");
   if (message) {
     banner.textContent = message;
     banner.classList.add("visible");
-    pill.textContent = "stale"; pill.className = "pill stale";
+    const name = state || "stale";
+    banner.dataset.state = name;
+    pill.textContent = name; pill.className = "pill " + name.replace(" ", "-");
   } else {
+    delete banner.dataset.state;
     banner.classList.remove("visible");
     banner.textContent = "";
     pill.textContent = "live"; pill.className = "pill live";
@@ -259,8 +288,26 @@ function setStale(message) {
 
 async function refresh() {
   try {
-    const response = await fetch(SUMMARY_URL, {cache: "no-store", credentials: "same-origin"});
-    if (!response.ok) throw new Error("HTTP " + response.status);
+    let response;
+    try {
+      response = await fetch(apiUrl(SUMMARY_PATH), {cache: "no-store", credentials: "same-origin"});
+    } catch (err) {
+      setStale("Stale: cannot reach the sidecar (" + err.message + "); retrying. The data shown is from the last " +
+               "successful read.", "unreachable");
+      return;
+    }
+    if (response.status === 401 || response.status === 403) {
+      const detail = await errorDetail(response);
+      setStale((response.status === 401 ? "Signed out" : "Access refused") + ": the sidecar answered HTTP " +
+               response.status + " (" + detail + "). Reload the page to sign in with the admin token; the data " +
+               "shown is from the last successful read.", "signed out");
+      return;
+    }
+    if (!response.ok) {
+      const detail = await errorDetail(response);
+      setStale("Stale: the sidecar answered HTTP " + response.status + " (" + detail + "); retrying.", "error");
+      return;
+    }
     const data = await response.json();
     document.getElementById("model").textContent = data.model;
     const asOf = data.data_as_of ? data.data_as_of.slice(11, 19) + " UTC" : "never";
@@ -273,7 +320,7 @@ async function refresh() {
     renderThresholds(data);
     renderAlerts(data.recent);
   } catch (err) {
-    setStale("Stale: cannot reach the sidecar (" + err.message + "); retrying.");
+    setStale("Stale: the page could not show the data (" + err.message + "); retrying.", "error");
   } finally {
     setTimeout(refresh, REFRESH_MS);
   }
@@ -285,10 +332,73 @@ refresh();
 """
 
 
-def dashboard_html(*, title: str = "Safety monitor", refresh_s: float = 5.0, recent: int = 50) -> str:
-    """The page, with its title, refresh period (seconds) and number of recent alerts filled in."""
+def dashboard_html(
+    *, title: str = "Safety monitor", refresh_s: float = 5.0, recent: int = 50, sign_out_url: str | None = None
+) -> str:
+    """The page, with its title, refresh period (seconds) and number of recent alerts filled in.
+
+    sign_out_url: where a "Sign out" button posts (relative to the page); ``None``: no button.
+    """
+    sign_out = (
+        f'  <form method="post" action="{html.escape(sign_out_url)}"><button type="submit" id="sign-out">'
+        "Sign out</button></form>"
+        if sign_out_url
+        else ""
+    )
     return (
         _PAGE.replace("__TITLE__", html.escape(title))
         .replace("__REFRESH_MS__", json.dumps(int(refresh_s * 1000)))
         .replace("__RECENT__", str(int(recent)))
+        .replace("__SIGN_OUT__", sign_out)
+    )
+
+
+_LOGIN = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign in · __TITLE__</title>
+<style>
+  body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; background:#f5f6f8; color:#1d2330; }
+  header { padding:14px 24px; background:#111827; color:#fff; } header h1 { font-size:18px; margin:0; font-weight:600; }
+  main { max-width:440px; margin:48px auto; background:#fff; border:1px solid #e4e7ec; border-radius:10px; padding:20px 24px; }
+  h2 { font-size:16px; margin:0 0 12px; } label { display:block; font-weight:600; margin:12px 0 4px; }
+  input { width:100%; box-sizing:border-box; font:inherit; padding:7px 9px; border:1px solid #cbd5e1; border-radius:6px; }
+  button { margin-top:14px; font:inherit; font-weight:600; padding:7px 16px; border:0; border-radius:6px;
+           background:#1d4ed8; color:#fff; cursor:pointer; }
+  #login-error { padding:8px 10px; border-radius:6px; background:#ffe3e3; color:#a61e1e; }
+  .muted { color:#667085; font-size:13px; }
+</style>
+</head>
+<body>
+<header><h1>__TITLE__</h1></header>
+<main>
+  <h2>Sign in to the dashboard</h2>
+  __MESSAGE__
+  <form method="post" action="__ACTION__" id="login-form">
+    <label for="token">Admin token</label>
+    <input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
+    <button type="submit">Sign in</button>
+  </form>
+  <p class="muted">The sidecar's admin token (<code>auth.admin_token</code>). Signing in sets a session cookie
+  (HttpOnly, this site only) that expires after __HOURS__ hours. Scripts can send the token as a bearer token or
+  as the password of HTTP Basic auth instead.</p>
+</main>
+</body>
+</html>
+"""
+
+
+def login_html(
+    *, title: str = "Safety monitor", action: str = "v1/dashboard/login", message: str | None = None,
+    session_hours: float = 12,
+) -> str:
+    """The sign-in page: a form posting the admin token (field ``token``) to ``action``; ``message``: an error."""
+    shown = f'<p id="login-error" role="alert">{html.escape(message)}</p>' if message else ""
+    return (
+        _LOGIN.replace("__TITLE__", html.escape(title))
+        .replace("__ACTION__", html.escape(action))
+        .replace("__MESSAGE__", shown)
+        .replace("__HOURS__", f"{session_hours:g}")
     )

@@ -29,7 +29,7 @@ def default_data_dir() -> Path:
     env = os.environ.get("SAFETY_MONITOR_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @dataclass

@@ -12,25 +12,30 @@ exception (500, ``"error": "internal"``; the traceback goes to the log).
     GET  /v1/detectors     either token   loaded detectors and thresholds
     POST /v1/admin/reload  admin token    re-read the detector directory atomically
     GET  /healthz /readyz /metrics        no token (probes and scrapers)
-    GET  /dashboard, /v1/dashboard/...    admin token (bearer, or HTTP Basic with it as the password)
+    GET  /dashboard, /v1/dashboard/...    admin token (bearer, HTTP Basic with it as the password, or the session
+                                          cookie POST /v1/dashboard/login sets); a browser without any gets a
+                                          sign-in form
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBasic, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -59,6 +64,8 @@ from monitor.service.sidecar import Sidecar, detector_info
 log = logging.getLogger(__name__)
 
 SCORE_TIMEOUT_S = 60.0
+DASHBOARD_COOKIE = "safety_monitor_dashboard"
+DASHBOARD_SESSION_S = 12 * 3600
 _STATUSES = {s.value for s in HTTPStatus}
 
 
@@ -67,13 +74,26 @@ def _error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(body.model_dump(exclude_none=True), status_code=exc.status, headers=exc.headers)
 
 
-def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+def _responses(*codes: int, text: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
     text = {400: "Malformed request or batch", 401: "No bearer token", 403: "Wrong bearer token",
             404: "Unknown request id on a final flag, or no model configured", 409: "Batch made for another model, "
             "hook, SAE or width", 413: "Over a size, token or request limit", 415: "Wrong content type",
             422: "Invalid detector specs (reload) or request body", 429: "Queue full; retry after Retry-After seconds",
-            503: "Not ready, or shutting down"}
-    return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
+            503: "Not ready, or shutting down", **(text or {})}
+    out: dict[int | str, dict[str, Any]] = {c: {"model": ErrorBody, "description": text[c]} for c in codes}
+    for code, header, what in ((401, "WWW-Authenticate", "The scheme to authenticate with"),
+                               (429, "Retry-After", "Seconds to wait before retrying")):
+        if code in out:
+            out[code]["headers"] = {header: {"description": what, "schema": {"type": "string"}}}
+    return out
+
+
+_DASHBOARD_AUTH_TEXT = {
+    401: "No admin token: send it as a bearer token, as the password of HTTP Basic auth, or sign in "
+         "(POST /v1/dashboard/login) for the session cookie",
+    403: "Wrong admin token",
+}
+_ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 
 
 # --------------------------------------------------------------------------- dependencies
@@ -86,6 +106,22 @@ _ingest_scheme = HTTPBearer(auto_error=False, scheme_name="IngestToken",
                             description="auth.ingest_token: model servers that ship activations.")
 _admin_scheme = HTTPBearer(auto_error=False, scheme_name="AdminToken",
                            description="auth.admin_token: operators (reload, dashboard).")
+
+
+class _DashboardBasic(HTTPBasic):
+    """Declares HTTP Basic in the OpenAPI document; ``require_dashboard`` reads the header itself (any user
+    name, a UTF-8 password, and 403 rather than 401 for a malformed one)."""
+
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        return None
+
+
+_dashboard_basic = _DashboardBasic(auto_error=False, scheme_name="AdminBasic", realm="safety-monitor dashboard",
+                                   description="auth.admin_token as the password of HTTP Basic auth (any user "
+                                               "name): the dashboard only, so a browser can open it.")
+_dashboard_cookie = APIKeyCookie(name=DASHBOARD_COOKIE, auto_error=False, scheme_name="DashboardSession",
+                                 description="The session cookie POST /v1/dashboard/login sets (HttpOnly, "
+                                             "SameSite=Strict, 12 h): the dashboard only.")
 
 
 SidecarDep = Annotated[Sidecar, Depends(get_sidecar)]
@@ -133,28 +169,79 @@ async def require_reader(request: Request,
     _check_bearer(request.app.state.sidecar, ingest or admin, ("admin", "ingest"))
 
 
-async def require_dashboard(request: Request) -> None:
-    """The dashboard: the admin token as a bearer token, or as the password of HTTP Basic auth
-    (so a browser can open the page: it asks once, then sends it with every poll)."""
+# --------------------------------------------------------------------------- dashboard sign-in
+def _session_value(admin_token: str, expires: int) -> str:
+    """``<expiry unix seconds>.<HMAC-SHA256 of it keyed with the admin token>``: nothing to store, valid on every
+    replica with the same token, void once the token changes; the token itself cannot be read back from it."""
+    mac = hmac.new(admin_token.encode(), f"safety-monitor dashboard session {expires}".encode(), hashlib.sha256)
+    return f"{expires}.{mac.hexdigest()}"
+
+
+def _session_ok(value: str, admin_token: str) -> bool:
+    expires, _, _ = value.partition(".")
+    if not expires.isdigit() or len(expires) > 12 or int(expires) < time.time():
+        return False
+    return hmac.compare_digest(value.encode("utf-8", "surrogateescape"),
+                               _session_value(admin_token, int(expires)).encode())
+
+
+def _set_session(request: Request, response: Response, admin_token: str) -> None:
+    secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
+    response.set_cookie(DASHBOARD_COOKIE, _session_value(admin_token, int(time.time()) + DASHBOARD_SESSION_S),
+                        max_age=DASHBOARD_SESSION_S, path="/", httponly=True, samesite="strict", secure=secure)
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+class _SignInPage(Exception):
+    """A browser asked for the dashboard page without valid credentials: answer with the sign-in form."""
+
+    def __init__(self, status: int, message: str | None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+def _basic_password(value: str) -> str:
+    try:
+        return base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+    except (ValueError, UnicodeDecodeError):
+        return ""
+
+
+async def require_dashboard(request: Request,
+                            _bearer: AdminCredentials,
+                            _basic: Annotated[None, Depends(_dashboard_basic)],
+                            session: Annotated[str | None, Depends(_dashboard_cookie)]) -> None:
+    """The dashboard: the admin token as a bearer token or as the password of HTTP Basic auth, or the session
+    cookie of a sign-in. A browser opening the page without any gets the sign-in form (with a Basic challenge,
+    so an address with ``admin:TOKEN@`` and the browser's own password prompt work too)."""
     sidecar: Sidecar = request.app.state.sidecar
     auth = sidecar.settings.auth
     if auth.disabled or sidecar.settings.dashboard.public:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    given = None
-    if scheme.lower() == "bearer":
-        given = value.strip()
-    elif scheme.lower() == "basic":
-        try:
-            given = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
-        except (ValueError, UnicodeDecodeError):
-            given = ""
-    if given is None:
-        raise ApiError(401, "unauthorized", "the dashboard needs the admin token (bearer, or as the Basic password)",
-                       headers={"WWW-Authenticate": 'Basic realm="safety-monitor dashboard"'})
-    if not _token_ok(given, auth.admin_token.get_secret_value()):  # type: ignore[union-attr]
+    token = auth.admin_token.get_secret_value()  # type: ignore[union-attr]
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    given = value.strip() if scheme.lower() == "bearer" else _basic_password(value) if scheme.lower() == "basic" \
+        else None
+    if given is not None and _token_ok(given, token):
+        request.state.dashboard_signed_in = True  # the page answer sets the session cookie
+        return
+    if session and _session_ok(session, token):
+        return
+    page = request.method == "GET" and request.url.path.endswith("/dashboard") and _wants_html(request)
+    if given is not None:
+        if page:
+            raise _SignInPage(403, "That is not the admin token.")
         raise ApiError(403, "forbidden", "wrong admin token")
+    detail = ("the dashboard session expired or the admin token changed; sign in again" if session else
+              "the dashboard needs the admin token: a bearer token, the password of HTTP Basic auth, or a sign-in "
+              "(POST /v1/dashboard/login)")
+    challenge = {"WWW-Authenticate": 'Basic realm="safety-monitor dashboard"'}
+    if page:
+        raise _SignInPage(401, "Your session expired; sign in again." if session else None, headers=challenge)
+    raise ApiError(401, "unauthorized", detail, headers=challenge)
 
 
 # --------------------------------------------------------------------------- app
@@ -188,6 +275,14 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         # Framework errors (unparsable JSON, unknown path, wrong method) get the same body as ours.
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_") if exc.status_code in _STATUSES else "error"
         return _error_response(ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+
+    @app.exception_handler(_SignInPage)
+    async def _sign_in_page(request: Request, exc: _SignInPage) -> HTMLResponse:
+        from alerts.dashboard.page import login_html
+
+        return HTMLResponse(login_html(title=sidecar.settings.dashboard.title, message=exc.message,
+                                       session_hours=DASHBOARD_SESSION_S / 3600),
+                            status_code=exc.status, headers={**(exc.headers or {}), "Cache-Control": "no-store"})
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -329,12 +424,95 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         app.include_router(webhook_admin_router(webhook_registry, dependencies=[Depends(require_admin)]))
 
     if sidecar.settings.dashboard.enabled:
-        from alerts.dashboard.routes import dashboard_router
-
-        app.include_router(dashboard_router(sidecar.alert_pipeline.store, health=sidecar.health_gauges,  # type: ignore[arg-type]
-                                            title=sidecar.settings.dashboard.title,
-                                            dependencies=[Depends(require_dashboard)]))
+        _mount_dashboard(app, sidecar)
     return app
+
+
+def _mount_dashboard(app: FastAPI, sidecar: Sidecar) -> None:
+    """The dashboard routes of ``alerts`` behind ``require_dashboard``, and the sign-in and sign-out routes."""
+    from alerts.dashboard.page import login_html
+    from alerts.dashboard.routes import dashboard_router
+
+    auth = sidecar.settings.auth
+    protected = not (auth.disabled or sidecar.settings.dashboard.public)
+    errors = _responses(401, 403, text=_DASHBOARD_AUTH_TEXT) if protected else {}
+    html = {"text/html": {"schema": {"type": "string"}}}
+    page_errors = {code: {"description": f"{spec['description']}. A browser (Accept: text/html) gets the "
+                          "sign-in form instead of JSON.",
+                          "headers": spec.get("headers", {}),
+                          "content": {**html, **_ERROR_JSON}}
+                   for code, spec in errors.items()}
+
+    def on_page(request: Request, response: Response) -> None:
+        if getattr(request.state, "dashboard_signed_in", False):
+            _set_session(request, response, auth.admin_token.get_secret_value())  # type: ignore[union-attr]
+
+    store = sidecar.alert_pipeline.store
+    app.include_router(dashboard_router(store, health=sidecar.health_gauges,  # type: ignore[arg-type]
+                                        title=sidecar.settings.dashboard.title,
+                                        dependencies=[Depends(require_dashboard)], responses=errors,
+                                        page_responses=page_errors, on_page=on_page if protected else None,
+                                        sign_out_url="v1/dashboard/logout" if protected else None))
+    if not protected:
+        return
+    form = "application/x-www-form-urlencoded"
+    back = "../../dashboard"  # relative to /v1/dashboard/login: the page, under whatever prefix the app sits
+
+    @app.post("/v1/dashboard/login", status_code=204, response_class=Response, tags=["dashboard"],
+              summary="Sign in to the dashboard",
+              responses={204: {"description": "Signed in (JSON body): the session cookie is set",
+                               "headers": {"Set-Cookie": {"schema": {"type": "string"}}}},
+                         303: {"description": "Signed in (form body): the session cookie is set, on to the page",
+                               "headers": {"Location": {"schema": {"type": "string"}},
+                                           "Set-Cookie": {"schema": {"type": "string"}}}},
+                         400: {"model": ErrorBody, "description": "No token in the body"},
+                         403: {"description": "Wrong admin token (the form again, for a form body)",
+                               "content": {**_ERROR_JSON, **html}},
+                         415: {"model": ErrorBody, "description": "Neither a form nor JSON"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  form: {"schema": {"type": "object", "required": ["token"],
+                                    "properties": {"token": {"type": "string", "minLength": 1}}}},
+                  "application/json": {"schema": {"type": "object", "required": ["token"],
+                                                  "properties": {"token": {"type": "string", "minLength": 1}}}}}}})
+    async def dashboard_login(request: Request) -> Response:
+        """Check the admin token and set the dashboard's session cookie (HttpOnly, SameSite=Strict, 12 hours;
+        Secure over HTTPS). The sign-in form posts here; scripts may post ``{"token": ...}`` as JSON."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        raw = await request.body()
+        if content_type == form:
+            token = parse_qs(raw.decode("utf-8", "replace")).get("token", [""])[0]
+        elif content_type == "application/json":
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                raise ApiError(400, "malformed_request", "the body is not JSON") from None
+            token = body.get("token") if isinstance(body, dict) else None
+            if not isinstance(token, str):
+                token = ""
+        else:
+            raise ApiError(415, "unsupported_media_type", f"send the token as {form} or application/json")
+        if not token:
+            raise ApiError(400, "malformed_request", "no 'token' in the body")
+        if not _token_ok(token, auth.admin_token.get_secret_value()):  # type: ignore[union-attr]
+            if content_type == form:
+                return HTMLResponse(login_html(title=sidecar.settings.dashboard.title, action="login",
+                                               message="That is not the admin token.",
+                                               session_hours=DASHBOARD_SESSION_S / 3600),
+                                    status_code=403, headers={"Cache-Control": "no-store"})
+            raise ApiError(403, "forbidden", "wrong admin token")
+        response = RedirectResponse(back, status_code=303) if content_type == form else Response(status_code=204)
+        _set_session(request, response, auth.admin_token.get_secret_value())  # type: ignore[union-attr]
+        return response
+
+    @app.post("/v1/dashboard/logout", status_code=303, response_class=RedirectResponse, tags=["dashboard"],
+              summary="Sign out of the dashboard",
+              responses={303: {"description": "The session cookie is cleared; on to the page",
+                               "headers": {"Location": {"schema": {"type": "string"}}}}})
+    async def dashboard_logout() -> RedirectResponse:
+        """Clear the session cookie. (A browser that signed in with HTTP Basic keeps sending that.)"""
+        response = RedirectResponse(back, status_code=303)
+        response.delete_cookie(DASHBOARD_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
 
 
 def _refused(exc: IngestError, sidecar: Sidecar) -> ApiError:

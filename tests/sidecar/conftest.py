@@ -64,3 +64,4 @@ def live_url(sidecar: Sidecar) -> Iterator[str]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kafka: starts the Tansu Kafka broker")
     config.addinivalue_line("markers", "redis: starts redis-server")
+    config.addinivalue_line("markers", "browser: drives headless Chromium")
