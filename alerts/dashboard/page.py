@@ -381,10 +381,41 @@ _LOGIN = """<!doctype html>
     <input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
     <button type="submit">Sign in</button>
   </form>
+  <p class="muted">Or <a id="basic-sign-in" href="__BASIC__">sign in with your browser's password prompt</a>
+  (HTTP Basic: any user name, the token as the password).</p>
   <p class="muted">The sidecar's admin token (<code>auth.admin_token</code>). Signing in sets a session cookie
-  (HttpOnly, this site only) that expires after __HOURS__ hours. Scripts can send the token as a bearer token or
-  as the password of HTTP Basic auth instead.</p>
+  (HttpOnly) that expires after __HOURS__ hours. An address with the token as its password
+  (<code>http://admin:TOKEN@host/dashboard</code>) signs in by itself; scripts can send the token as a bearer
+  token or as the password of HTTP Basic auth instead.</p>
 </main>
+<script>
+"use strict";
+// An address like http://admin:TOKEN@host/dashboard: sign in with its password, then open the page at the same
+// address without it (fetch() refuses URLs that carry credentials, so the page must not keep them).
+(async function () {
+  const here = new URL(document.URL);
+  if (!here.password) return;
+  const token = decodeURIComponent(here.password);
+  here.username = ""; here.password = "";
+  const target = new URL(document.getElementById("login-form").getAttribute("action"), here);
+  let problem;
+  try {
+    const response = await fetch(target.href, {method: "POST", credentials: "same-origin",
+      headers: {"Content-Type": "application/json"}, body: JSON.stringify({token: token})});
+    if (response.ok) { window.location.replace(here.href); return; }
+    problem = response.status === 403 ? "The password in the address is not the admin token."
+                                       : "Signing in with the address's password failed (HTTP " + response.status + ").";
+  } catch (err) {
+    problem = "Cannot reach the sidecar to sign in (" + err.message + ").";
+  }
+  let shown = document.getElementById("login-error");
+  if (!shown) {
+    shown = document.createElement("p"); shown.id = "login-error"; shown.setAttribute("role", "alert");
+    document.getElementById("login-form").before(shown);
+  }
+  shown.textContent = problem;
+})();
+</script>
 </body>
 </html>
 """
@@ -394,11 +425,13 @@ def login_html(
     *, title: str = "Safety monitor", action: str = "v1/dashboard/login", message: str | None = None,
     session_hours: float = 12,
 ) -> str:
-    """The sign-in page: a form posting the admin token (field ``token``) to ``action``; ``message``: an error."""
+    """The sign-in page: a form posting the admin token (field ``token``) to ``action`` (relative to the page), a
+    link to the same address with GET (HTTP Basic: the browser's password prompt); ``message``: an error."""
     shown = f'<p id="login-error" role="alert">{html.escape(message)}</p>' if message else ""
     return (
         _LOGIN.replace("__TITLE__", html.escape(title))
         .replace("__ACTION__", html.escape(action))
+        .replace("__BASIC__", html.escape(action))
         .replace("__MESSAGE__", shown)
         .replace("__HOURS__", f"{session_hours:g}")
     )

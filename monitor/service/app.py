@@ -38,6 +38,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBasic, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from detectors.spec import SpecError
 from monitor.service.api_models import (
@@ -121,7 +122,7 @@ _dashboard_basic = _DashboardBasic(auto_error=False, scheme_name="AdminBasic", r
                                                "name): the dashboard only, so a browser can open it.")
 _dashboard_cookie = APIKeyCookie(name=DASHBOARD_COOKIE, auto_error=False, scheme_name="DashboardSession",
                                  description="The session cookie POST /v1/dashboard/login sets (HttpOnly, "
-                                             "SameSite=Strict, 12 h): the dashboard only.")
+                                             "SameSite=Lax, 12 h): the dashboard only.")
 
 
 SidecarDep = Annotated[Sidecar, Depends(get_sidecar)]
@@ -188,19 +189,27 @@ def _session_ok(value: str, admin_token: str) -> bool:
 def _set_session(request: Request, response: Response, admin_token: str) -> None:
     secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
     response.set_cookie(DASHBOARD_COOKIE, _session_value(admin_token, int(time.time()) + DASHBOARD_SESSION_S),
-                        max_age=DASHBOARD_SESSION_S, path="/", httponly=True, samesite="strict", secure=secure)
+                        max_age=DASHBOARD_SESSION_S, path="/", httponly=True, samesite="lax", secure=secure)
 
 
 def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-class _SignInPage(Exception):
-    """A browser asked for the dashboard page without valid credentials: answer with the sign-in form."""
+_BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="safety-monitor dashboard"'}
+# Only GET /v1/dashboard/login asks for Basic: a Basic challenge makes a browser prompt for a password (or, headless,
+# fail the navigation), so the page and its polls never send one.
+_BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="safety-monitor dashboard"'}
 
-    def __init__(self, status: int, message: str | None, headers: dict[str, str] | None = None) -> None:
+
+class _SignInPage(Exception):
+    """A browser asked for a dashboard page without valid credentials: answer with the sign-in form, whose
+    ``action`` is the sign-in endpoint relative to the page asked for."""
+
+    def __init__(self, status: int, message: str | None, headers: dict[str, str] | None = None,
+                 action: str = "v1/dashboard/login") -> None:
         super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
+        self.status, self.message, self.headers, self.action = status, message, headers, action
 
 
 def _basic_password(value: str) -> str:
@@ -215,8 +224,10 @@ async def require_dashboard(request: Request,
                             _basic: Annotated[None, Depends(_dashboard_basic)],
                             session: Annotated[str | None, Depends(_dashboard_cookie)]) -> None:
     """The dashboard: the admin token as a bearer token or as the password of HTTP Basic auth, or the session
-    cookie of a sign-in. A browser opening the page without any gets the sign-in form (with a Basic challenge,
-    so an address with ``admin:TOKEN@`` and the browser's own password prompt work too)."""
+    cookie of a sign-in. A browser opening the page without them gets the sign-in form; the form signs in by
+    itself with the password of an address like ``http://admin:TOKEN@host/dashboard``. No answer here carries a
+    Basic challenge (a browser would prompt for a password on every poll, and a headless one fail); the
+    browser's own prompt is at ``GET /v1/dashboard/login``."""
     sidecar: Sidecar = request.app.state.sidecar
     auth = sidecar.settings.auth
     if auth.disabled or sidecar.settings.dashboard.public:
@@ -238,10 +249,9 @@ async def require_dashboard(request: Request,
     detail = ("the dashboard session expired or the admin token changed; sign in again" if session else
               "the dashboard needs the admin token: a bearer token, the password of HTTP Basic auth, or a sign-in "
               "(POST /v1/dashboard/login)")
-    challenge = {"WWW-Authenticate": 'Basic realm="safety-monitor dashboard"'}
     if page:
-        raise _SignInPage(401, "Your session expired; sign in again." if session else None, headers=challenge)
-    raise ApiError(401, "unauthorized", detail, headers=challenge)
+        raise _SignInPage(401, "Your session expired; sign in again." if session else None, headers=_BEARER_CHALLENGE)
+    raise ApiError(401, "unauthorized", detail, headers=_BEARER_CHALLENGE)
 
 
 # --------------------------------------------------------------------------- app
@@ -274,13 +284,20 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Framework errors (unparsable JSON, unknown path, wrong method) get the same body as ours.
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_") if exc.status_code in _STATUSES else "error"
-        return _error_response(ApiError(exc.status_code, code, str(exc.detail), headers=exc.headers))
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route with this path only; a path served by two routes
+            # (GET and POST /v1/dashboard/login) must list both.
+            allowed = {m for r in request.app.router.routes if isinstance(r, Route)
+                       and r.matches(request.scope)[0] is not Match.NONE for m in (r.methods or ())}
+            headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
+        return _error_response(ApiError(exc.status_code, code, str(exc.detail), headers=headers))
 
     @app.exception_handler(_SignInPage)
     async def _sign_in_page(request: Request, exc: _SignInPage) -> HTMLResponse:
         from alerts.dashboard.page import login_html
 
-        return HTMLResponse(login_html(title=sidecar.settings.dashboard.title, message=exc.message,
+        return HTMLResponse(login_html(title=sidecar.settings.dashboard.title, message=exc.message, action=exc.action,
                                        session_hours=DASHBOARD_SESSION_S / 3600),
                             status_code=exc.status, headers={**(exc.headers or {}), "Cache-Control": "no-store"})
 
@@ -475,7 +492,7 @@ def _mount_dashboard(app: FastAPI, sidecar: Sidecar) -> None:
                   "application/json": {"schema": {"type": "object", "required": ["token"],
                                                   "properties": {"token": {"type": "string", "minLength": 1}}}}}}})
     async def dashboard_login(request: Request) -> Response:
-        """Check the admin token and set the dashboard's session cookie (HttpOnly, SameSite=Strict, 12 hours;
+        """Check the admin token and set the dashboard's session cookie (HttpOnly, SameSite=Lax, 12 hours;
         Secure over HTTPS). The sign-in form posts here; scripts may post ``{"token": ...}`` as JSON."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         raw = await request.body()
@@ -504,6 +521,30 @@ def _mount_dashboard(app: FastAPI, sidecar: Sidecar) -> None:
         _set_session(request, response, auth.admin_token.get_secret_value())  # type: ignore[union-attr]
         return response
 
+    @app.get("/v1/dashboard/login", status_code=303, response_class=RedirectResponse, tags=["dashboard"],
+             summary="Sign in to the dashboard with the browser's password prompt",
+             responses={303: {"description": "Signed in: the session cookie is set, on to the page",
+                              "headers": {"Location": {"schema": {"type": "string"}},
+                                          "Set-Cookie": {"schema": {"type": "string"}}}},
+                        401: {"description": "No or a wrong admin token: a Basic challenge (the browser prompts; "
+                                             "a browser gets the sign-in form as the body)",
+                              "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                              "content": {**_ERROR_JSON, **html}}})
+    async def dashboard_login_basic(request: Request) -> RedirectResponse:
+        """HTTP Basic with the admin token as the password (any user name): the one place that asks for it, so a
+        browser shows its own password prompt. Sets the session cookie and goes on to the page."""
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        token = auth.admin_token.get_secret_value()  # type: ignore[union-attr]
+        if scheme.lower() == "basic" and _token_ok(_basic_password(value), token):
+            response = RedirectResponse(back, status_code=303)
+            _set_session(request, response, token)
+            return response
+        wrong = "That is not the admin token." if scheme.lower() == "basic" else None
+        if _wants_html(request):
+            raise _SignInPage(401, wrong, headers=_BASIC_CHALLENGE, action="login")
+        raise ApiError(401, "unauthorized", "send the admin token as the password of HTTP Basic auth"
+                       + (" (the one sent is wrong)" if wrong else ""), headers=_BASIC_CHALLENGE)
+
     @app.post("/v1/dashboard/logout", status_code=303, response_class=RedirectResponse, tags=["dashboard"],
               summary="Sign out of the dashboard",
               responses={303: {"description": "The session cookie is cleared; on to the page",
@@ -511,7 +552,7 @@ def _mount_dashboard(app: FastAPI, sidecar: Sidecar) -> None:
     async def dashboard_logout() -> RedirectResponse:
         """Clear the session cookie. (A browser that signed in with HTTP Basic keeps sending that.)"""
         response = RedirectResponse(back, status_code=303)
-        response.delete_cookie(DASHBOARD_COOKIE, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(DASHBOARD_COOKIE, path="/", httponly=True, samesite="lax")
         return response
 
 

@@ -175,7 +175,12 @@ def test_score_needs_a_model(client):
 
 def test_dashboard_needs_the_admin_token_and_shows_alerts(client, sidecar):
     r = client.get("/dashboard")
-    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
+    # No Basic challenge: a browser would prompt on every poll (its prompt is at GET /v1/dashboard/login).
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert r.json()["error"] == "unauthorized"
+    page = client.get("/dashboard", headers={"Accept": "text/html"})
+    assert page.status_code == 401 and 'id="login-form"' in page.text
+    assert client.get("/v1/dashboard/login").headers["www-authenticate"].startswith("Basic")
     assert client.get("/dashboard", headers=INGEST_AUTH).status_code == 403
     basic = {"Authorization": "Basic " + base64.b64encode(f"ops:{ADMIN}".encode()).decode()}
     assert client.get("/dashboard", headers=basic).status_code == 200
@@ -231,3 +236,33 @@ def test_an_unexpected_exception_answers_json_500_and_the_server_goes_on(sidecar
         assert httpx.get(url + "/healthz", timeout=10).status_code == 200
         monkeypatch.undo()
         assert httpx.get(url + "/readyz", timeout=10).status_code == 200
+
+
+def test_dashboard_sign_in_sets_a_session_cookie_that_only_the_dashboard_accepts(client, sidecar):
+    from monitor.service.app import DASHBOARD_COOKIE, _session_value
+
+    assert client.post("/v1/dashboard/login", json={"token": INGEST}).status_code == 403
+    assert client.post("/v1/dashboard/login", json={}).status_code == 400
+    assert client.post("/v1/dashboard/login", content=b"token", headers={"Content-Type": "text/plain"}).status_code == 415
+    r = client.post("/v1/dashboard/login", json={"token": ADMIN})
+    assert r.status_code == 204
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Max-Age=43200" in cookie and ADMIN not in cookie
+    assert client.get("/v1/dashboard/summary").status_code == 200  # the client keeps the cookie
+    assert client.post("/v1/admin/reload").status_code == 401  # the session is for the dashboard only
+    session = client.cookies[DASHBOARD_COOKIE]
+    client.cookies.clear()
+    expires, _, mac = session.partition(".")
+    for forged in (f"{int(expires) + 3600}.{mac}", f"{expires}.{'0' * 64}", "garbage", _session_value(INGEST, 2**40),
+                   _session_value(ADMIN, 1000)):  # moved expiry, wrong mac, junk, keyed with another token, expired
+        client.cookies.set(DASHBOARD_COOKIE, forged)
+        r = client.get("/v1/dashboard/summary")
+        assert r.status_code == 401 and "sign in again" in r.json()["detail"], forged
+    client.cookies.set(DASHBOARD_COOKIE, session)
+    assert client.get("/v1/dashboard/summary").status_code == 200
+    form = client.post("/v1/dashboard/login", data={"token": ADMIN}, follow_redirects=False)
+    assert form.status_code == 303 and form.headers["location"] == "../../dashboard"
+    out = client.post("/v1/dashboard/logout", follow_redirects=False)
+    assert out.status_code == 303 and f'{DASHBOARD_COOKIE}=""' in out.headers["set-cookie"]
+    r = client.request("DELETE", "/v1/dashboard/login")
+    assert r.status_code == 405 and {"GET", "POST"} <= {m.strip() for m in r.headers["allow"].split(",")}
