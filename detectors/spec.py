@@ -91,7 +91,9 @@ class DetectorSpec(BaseModel):
     """Tokens scored (``detectors.spans``): ``final_turn`` is the response once the request has one, else the prompt."""
     threshold: float
     severity_thresholds: dict[Literal["medium", "high", "critical"], float] = Field(
-        default_factory=dict, description="Score at or above which an alert is at least this severe (else low).")
+        default_factory=dict, description="Score at or above which an alert is at least this severe (else low): "
+        "medium above every benign calibration score, high at the median and critical at the 90th percentile of "
+        "the concept's calibration positives (detectors.calibration.calibrate.severity_cutoffs).")
     status: Literal["enabled", "disabled", "no_signal"] = "enabled"
     status_reason: str = ""
     latent_labels: dict[int, str] = Field(default_factory=dict, description="Latent id -> short human label.")

@@ -1,32 +1,33 @@
-"""``safety-monitor calibrate``: discover, fit, threshold and evaluate one detector per concept.
+"""``safety-monitor calibrate``: discover, fit, threshold and evaluate the detectors of a concept.
 
-Per concept, on the pair-aware splits of ``detectors.calibration.data``:
+A concept gets up to two detectors, one per *kind*: ``reply`` reads the model's reply (what the model
+writes: the product's primary monitors), ``request`` reads the user's turn (what is asked or pasted). The
+kind fixes the span (``detectors.spec.KIND_SPAN``); calibration never picks it. Before, chosen by
+cross-validation, scam and deception read only the user's turn, and the model writing a scam was invisible.
 
-* train split (the concept's examples plus every benign train row as extra negatives): choose span
-  and aggregation, select latents, fit the linear detector (``discover``), and fit the dense probe
-  baseline on the same examples and span (``probe``); both rank and choose by how they separate the
-  concept's own examples, while the benign rows teach them to stay quiet on everyday traffic;
-* the span and aggregation are chosen by the mean of two AUROCs: grouped CV on the train split (text
-  like the training text), and, where the concept has several sources, the mean over sources of a
-  detector fit without that source and scored on that source's train rows (text of a kind it never
-  saw). Chosen by CV alone, the deception detector read every token (``all``), and fit without the
-  RepE source it ranked that source backwards (0.35); the prompt span generalised. The held-out
-  source's calibration and test rows stay out of the choice, so the leave-one-source-out numbers
-  reported below are not selected on;
-* calibration split: the threshold, from benign traffic (the ``benign/`` files and the concept's own
-  negatives) at the target FPR with a one-sided guarantee (``thresholds``); severity cut-offs at
-  a third, a tenth and a thirtieth of that FPR where enough benign samples exist;
-* test split: AUROC with a bootstrap interval, recall and FPR at the threshold with exact intervals,
-  per source too; FPR on benign test rows the calibration never saw;
-* leave-one-source-out: for concepts with several sources, the detector fit without a source (while
-  choosing the span) is scored on that source's calibration and test rows — how well it generalises
-  to text it has never seen;
-* check sets (``data.CHECK_FILES``) are only scored, never fitted on, e.g. TruthfulQA for deception;
+Per detector, on the pair-aware splits of ``detectors.calibration.data`` (examples rendered in the role the
+kind reads: a plain SMS is a user turn for the request detector and the assistant's reply for the reply
+detector, so the span and the content decide, not the format):
+
+* train split (the concept's examples plus benign train rows as extra negatives, multi-turn dialogues
+  capped): for each aggregation (max, mean, window), latents that separate the concept the same way in
+  every source and are not formatting latents (``admissible_latents``) are selected and the linear
+  detector fit (``discover``); the dense probe baseline on the same examples and span (``probe``);
+* the aggregation is chosen by the mean of: grouped CV AUROC on the train split; where the concept has
+  several sources, the AUROC of a fit without each source on that source's train rows; and recall on the
+  calibration positives at the per-slice threshold of the calibration benign traffic, so an aggregation
+  that lifts long benign conversations toward the positives pays for it;
+* calibration split: the threshold from benign traffic (the ``benign/`` files, long corpus documents and
+  the concept's own negatives), per traffic slice (single turn, multi-turn, long: ``sliced_threshold``),
+  the largest binding; severity cut-offs from the benign maximum and the positives (``severity_cutoffs``);
+* test split: AUROC with a bootstrap interval, recall and FPR at the threshold with exact intervals, per
+  source; FPR per slice on benign test traffic the calibration never saw;
+* leave-one-source-out: the fits made without each source, scored on that source's calibration and test
+  rows; check sets (``data.CHECK_FILES``) are only scored, never fitted on;
 * a detector is marked ``no_signal`` (shipped for the record, never enabled by default) when its test
   AUROC interval reaches 0.5, when its recall interval overlaps its FPR interval, or when it does not
-  generalise: for every held-out source, the AUROC interval of the leave-one-source-out fit reaches
-  0.5, or for some held-out source it lies entirely below 0.5 (a detector that only works on the
-  sources it was fit on, or inverts on a new one, has learned the sources, not the concept).
+  generalise: for every held-out source the leave-one-source-out AUROC interval reaches 0.5, or for some
+  held-out source it lies entirely below 0.5.
 """
 
 from __future__ import annotations
@@ -188,6 +189,24 @@ def _loso_sources(examples: list[Example], src_tr: np.ndarray, own: np.ndarray, 
             and both(y_tr[own & (src_tr == src)]) and both(y_tr[src_tr != src])]
 
 
+def severity_cutoffs(threshold: float, benign: np.ndarray, positives: np.ndarray) -> dict[str, float]:
+    """Scores at or above which an alert is at least this severe, each at or above the one before:
+
+    ``low``       the threshold: benign traffic alerts at most at the target FPR, on every slice;
+    ``medium``    above every benign calibration score: no everyday text of any slice scored this high;
+    ``high``      at least the median score of the concept's calibration positives: as strong as a typical
+                  confirmed example;
+    ``critical``  at least their 90th percentile: as strong as the clearest examples.
+
+    Every level is reachable by real positives (the old cut-offs at a third, a tenth and a thirtieth of the
+    FPR needed 900 to 9,000 benign samples and left scam at 10.8 times its threshold "medium")."""
+    out = {"medium": max(threshold, float(np.nextafter(np.max(benign), np.inf))) if len(benign) else threshold}
+    if len(positives):
+        out["high"] = max(out["medium"], float(np.quantile(positives, 0.5)))
+        out["critical"] = max(out["high"], float(np.quantile(positives, 0.9)))
+    return out
+
+
 def _score(cache: ActivationCache, sae, det: LinearDetector, ex: list[Example], span: str, agg: str) -> np.ndarray:
     """Scores of ``ex`` under ``det`` (only its latents are encoded)."""
     if not ex:
@@ -322,13 +341,7 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     sliced = sliced_threshold(cal_scores, cal_slices, cfg.target_fpr, cfg.delta)
     choice = sliced.by_slice.get(sliced.binding) or sliced.pooled
     threshold = sliced.threshold
-    severity = {}
-    for name, factor in (("medium", 3), ("high", 10), ("critical", 30)):
-        try:
-            severity[name] = max(sliced_threshold(cal_scores, cal_slices, cfg.target_fpr / factor, cfg.delta).threshold,
-                                 threshold)
-        except ValueError:
-            break
+    severity = severity_cutoffs(threshold, cal_scores, _score(cache, sae, det, cal_pos, span, agg))
 
     # --- test split, per source, unseen benign
     s_test, y_test = scores_of(test), _labels(test)

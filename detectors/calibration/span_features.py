@@ -42,3 +42,9 @@ def dense_features(cache: ActivationCache, examples: list[Example], *, span: str
         x = torch.from_numpy(np.asarray(t.acts[span_mask(t.roles, t.positions, span)], dtype=np.float32))
         rows.append(aggregate(x, aggregation, DEFAULT_WINDOW))
     return torch.stack(rows).numpy()
+
+
+def span_has_tokens(cache: ActivationCache, examples: list[Example], span: str) -> np.ndarray:
+    """``[n_examples]`` bool: the example has tokens in ``span`` (a reply detector has nothing to read in a
+    conversation without a reply; live, such a request is never scored and never alerts)."""
+    return np.array([bool(span_mask(t.roles, t.positions, span).any()) for t in (cache.get(e.key) for e in examples)])

@@ -105,7 +105,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 paths = [resolve(f, data_dir, generated) for f in (*CONCEPT_FILES[concept], *CHECK_FILES.get(concept, ()))]
             if not examples:
                 continue  # no file of this concept carries its label in this turn (sycophancy: replies only)
-            paths += [data_dir / f.path for f in BENIGN_FILES] + [Path(p) for p in args.benign or []]
+            paths += [data_dir / f.path for f in BENIGN_FILES if (data_dir / f.path).exists()]
+            paths += [Path(p) for p in args.benign or []]
             name = f"{concept}_{kind}"
             print(f"[{name}] {len(examples)} examples, {len(benign)} benign; computing activations", file=sys.stderr)
             cache.ensure(examples + benign + checks, _runner(lm, cache))
@@ -135,7 +136,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def evaluate_specs(lm, sae, specs, examples, cache, *, layer: int) -> dict[str, dict]:
     """Score labelled ``examples`` with every spec: n_pos, n_neg, AUROC, recall and FPR at its threshold."""
-    from detectors.calibration.span_features import latent_features
+    from detectors.calibration.span_features import latent_features, span_has_tokens
     from detectors.calibration.stats import auroc
 
     cache.ensure(examples, _runner(lm, cache))
@@ -143,11 +144,13 @@ def evaluate_specs(lm, sae, specs, examples, cache, *, layer: int) -> dict[str, 
     out = {}
     for spec in specs:
         f = latent_features(cache, sae, examples, span=spec.span, aggregations=(spec.aggregation,),
-                            latents=spec.latents, progress=False)[spec.aggregation]
-        scores = spec.score(f)
+                            latents=spec.latents, window=spec.window, progress=False)[spec.aggregation]
+        scored = span_has_tokens(cache, examples, spec.span)
+        scores = np.where(scored, spec.score(f), -np.inf)  # nothing to read: never alerts, as live
         fired = scores >= spec.threshold
         pos, neg = labels == 1, labels == 0
         out[spec.name] = {
+            "n_unscored": int((~scored).sum()),
             "auroc": auroc(scores, labels) if pos.any() and neg.any() else None,
             "recall": float(fired[pos].mean()) if pos.any() else None,
             "fpr": float(fired[neg].mean()) if neg.any() else None,
@@ -271,7 +274,7 @@ def register(sub) -> None:
     ev.add_argument("--sae", help="SAE directory (default: the shipped one)")
     ev.add_argument("--model", default=DEFAULT_MODEL_ID)
     ev.add_argument("--layer", type=int, default=DEFAULT_LAYER)
-    ev.add_argument("--context", type=int, default=256)
+    ev.add_argument("--context", type=int, default=1280)
     _add_compute_dtype(ev)
     ev.add_argument("--json", action="store_true", help='one JSON object: {"detectors": {name: {...}}}')
     ev.set_defaults(func=cmd_eval)

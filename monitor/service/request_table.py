@@ -46,6 +46,10 @@ class RequestTable:
         """``window``: per row, the largest mean of a completed block of ``window`` tokens."""
         self._block_sum = torch.zeros(rows_w, u)
         """``window``: per row, the sum of the open (incomplete) block."""
+        self._peak_value = torch.full((2 * capacity, d), -torch.inf)
+        """Per row and detector: the largest per-token score contribution ``z[cols] . weights`` so far."""
+        self._peak_position = torch.full((2 * capacity, d), -1, dtype=torch.int64)
+        """... and the position of that token (the alert's ``token_span.peak``)."""
         self._first = torch.full((2 * capacity,), _NO_POSITION, dtype=torch.int64)
         self._last = torch.full((2 * capacity,), -1, dtype=torch.int64)
         self.alerted = torch.zeros(capacity, d, dtype=torch.bool)
@@ -64,6 +68,10 @@ class RequestTable:
         where = {lat: j for j, lat in enumerate(bank.latents)}
         self._cols = [torch.tensor([where[i] for i in s.latents], dtype=torch.long) for s in bank.specs]
         self._weights = [torch.tensor(s.weights, dtype=torch.float32) for s in bank.specs]
+        self._contribution = torch.zeros(u, d)
+        """``[u, n_detectors]``: each detector's weights at its latents' columns (per-token contributions)."""
+        for i in range(d):
+            self._contribution[self._cols[i], i] = self._weights[i]
         # Scoring is one matrix product: the feature variants the detectors need (max or mean over the
         # prompt, the response or both) side by side, times a block matrix holding each detector's
         # weights in the rows of its variant and its latents (zero elsewhere).
@@ -115,6 +123,8 @@ class RequestTable:
         self._count.index_fill_(0, rows, 0)
         self._first.index_fill_(0, rows, _NO_POSITION)
         self._last.index_fill_(0, rows, -1)
+        self._peak_value.index_fill_(0, rows, -torch.inf)
+        self._peak_position.index_fill_(0, rows, -1)
         self.alerted.index_fill_(0, idx, False)
         self.in_use.index_fill_(0, idx, False)
         self._free.extend(slots)
@@ -154,6 +164,18 @@ class RequestTable:
         pos = positions.to(torch.int64)
         self._first.scatter_reduce_(0, key, pos, "amin")
         self._last.scatter_reduce_(0, key, pos, "amax")
+        self._update_peaks(key, z, pos)
+
+    def _update_peaks(self, key: torch.Tensor, z: torch.Tensor, pos: torch.Tensor) -> None:
+        """Keep, per row and detector, the token contributing most to the score so far, and where it is."""
+        d = self._contribution.shape[1]
+        if d == 0:
+            return
+        contribution = z @ self._contribution  # [n, d]
+        self._peak_value.scatter_reduce_(0, key[:, None].expand(-1, d), contribution, "amax")
+        is_peak = contribution >= self._peak_value.index_select(0, key)  # ties: any of them
+        rows, dets = key[:, None].expand(-1, d)[is_peak], torch.arange(d).expand(len(key), -1)[is_peak]
+        self._peak_position[rows, dets] = pos[:, None].expand(-1, d)[is_peak]
 
     def _update_blocks(self, key: torch.Tensor, z: torch.Tensor) -> None:
         """Add tokens (``key [n]`` row of each, in arrival order; ``z [n, u]``) to the rows' blocks of ``window``
@@ -266,6 +288,14 @@ class RequestTable:
         last = max(int(self._last[2 * slot + r]) for r in roles)
         return None if last < 0 else (first, last + 1)
 
+    def peak(self, slot: int, detector: int) -> tuple[int, int] | None:
+        """``(position, role)`` of the token of the request's span contributing most to the detector's score
+        so far (None before the span has tokens)."""
+        roles = self._roles(slot, self.bank.specs[detector].span)
+        best = max(roles, key=lambda r: float(self._peak_value[2 * slot + r, detector]))
+        position = int(self._peak_position[2 * slot + best, detector])
+        return None if position < 0 else (position, best)
+
     def n_tokens(self, slot: int) -> int:
         """Tokens of the request aggregated so far (both roles)."""
         return int(self._count[2 * slot] + self._count[2 * slot + 1])
@@ -274,5 +304,5 @@ class RequestTable:
     def nbytes(self) -> int:
         """Memory held by the table's tensors."""
         ts = (self._max, self._sum, self._count, self._first, self._last, self.alerted, self._block_max,
-              self._block_sum)
+              self._block_sum, self._peak_value, self._peak_position)
         return sum(t.numel() * t.element_size() for t in ts)

@@ -53,9 +53,6 @@ log = logging.getLogger(__name__)
 MAX_OLD_GENERATIONS = 2
 
 
-_NO_ROWS = torch.zeros(0, 0)
-_NO_ROLES = torch.zeros(0, dtype=torch.uint8)
-_NO_POS = torch.zeros(0, dtype=torch.int64)
 
 
 # --------------------------------------------------------------------------- records
@@ -382,11 +379,10 @@ class ScoringPipeline:
             crossed = ((scores >= g.table.thresholds) & ~g.table.alerted.index_select(0, touched)
                        & g.table.alert_while_streaming)
             if bool(crossed.any()):
-                alerts.extend(self._alerts(g, touched, scores, crossed, gslots, z, groles, gpos, items))
+                alerts.extend(self._alerts(g, touched, scores, crossed, items))
         return alerts
 
     def _alerts(self, g: DetectorGeneration, touched: torch.Tensor, scores: torch.Tensor, crossed: torch.Tensor,
-                gslots: torch.Tensor, z: torch.Tensor, roles: torch.Tensor, positions: torch.Tensor,
                 items: list[_Item]) -> list[PendingAlert]:
         out = []
         for i, d in crossed.nonzero().tolist():
@@ -394,17 +390,15 @@ class ScoringPipeline:
             rid = self._owners[(g.number, slot)]
             received_at = next(it.received_at for it in items if rid in it.batch.request_ids)
             g.table.alerted[slot, d] = True
-            rows = (gslots == slot).nonzero().squeeze(1)
             try:
-                alert = self._build_alert(g, slot, d, float(scores[i, d]), rid, z[rows], roles[rows], positions[rows])
+                alert = self._build_alert(g, slot, d, float(scores[i, d]), rid)
             except Exception:
                 log.exception("could not build the alert of detector %s on request %s", g.specs[d].name, rid)
                 continue
             out.append(PendingAlert(alert, received_at))
         return out
 
-    def _build_alert(self, g: DetectorGeneration, slot: int, d: int, score: float, rid: str,
-                     z: torch.Tensor, roles: torch.Tensor, positions: torch.Tensor) -> Alert:
+    def _build_alert(self, g: DetectorGeneration, slot: int, d: int, score: float, rid: str) -> Alert:
         spec = g.specs[d]
         feats = g.table.features(slot, d)
         weights = torch.tensor(spec.weights)
@@ -415,14 +409,11 @@ class ScoringPipeline:
             for j in order[: self.top_latents] if float(feats[j]) > 0
         ]
         start, end = g.table.span(slot, d) or (0, 1)
+        # The token of the span that added most to the score over the whole request so far (also when a
+        # mean or window detector alerts at the end of the request, after its last chunk).
+        found = g.table.peak(slot, d)
+        peak, role = (found[0], ROLE_NAMES[found[1]]) if found else (None, None)
         scored_roles = span_roles(spec.span, g.table.has_response(slot))
-        in_span = torch.isin(roles, torch.tensor(scored_roles, dtype=roles.dtype))
-        peak = role = None
-        if bool(in_span.any()):
-            contrib = g.table.token_contributions(z, d).masked_fill(~in_span, float("-inf"))
-            j = int(contrib.argmax())
-            peak = int(positions[j]) if start <= int(positions[j]) < end else None
-            role = ROLE_NAMES[int(roles[j])]
         if len(scored_roles) == 1:
             role = ROLE_NAMES[scored_roles[0]]
         return Alert(
@@ -478,7 +469,7 @@ class ScoringPipeline:
                 rid, st = group[i]
                 g.table.alerted[st.slot, d] = True
                 try:
-                    alert = self._build_alert(g, st.slot, d, float(scores[i, d]), rid, _NO_ROWS, _NO_ROLES, _NO_POS)
+                    alert = self._build_alert(g, st.slot, d, float(scores[i, d]), rid)
                 except Exception:
                     log.exception("could not build the alert of detector %s on request %s", g.specs[d].name, rid)
                     continue

@@ -81,6 +81,25 @@ def test_alert_once_per_request_and_detector_with_span_peak_and_severity(sae, si
         stop(p)
 
 
+@pytest.mark.parametrize("aggregation", ["mean", "window"])
+def test_a_detector_judged_on_the_finished_reply_alerts_at_the_end_with_its_peak(sae, sink, aggregation):
+    spec = make_spec(sae, "scam_reply", threshold=0.5, aggregation=aggregation, span="response", kind="reply")
+    p = make_pipeline(sae, [spec], sink)
+    try:
+        run(p, make_batch([("r1", 4, False)], hot=3.0))  # the prompt: not read by a reply detector
+        run(p, make_batch([("r1", 3, False)], start={"r1": 4}, hot=0.3, role=ROLE_RESPONSE))
+        run(p, make_batch([("r1", 1, False)], start={"r1": 7}, hot=2.0, role=ROLE_RESPONSE))  # the hottest token
+        run(p, make_batch([("r1", 2, False)], start={"r1": 8}, hot=0.3, role=ROLE_RESPONSE))
+        assert sink.alerts == []  # a mean can still fall: judged when the request ends
+        run(p, make_batch([("r1", 0, True)]))
+        wait_until(lambda: sink.alerts, what="the alert at the end of the reply")
+        a = sink.alerts[0]
+        assert (a.detector, a.token_span.start, a.token_span.end) == ("scam_reply", 4, 10)
+        assert (a.token_span.peak, a.token_span.role) == (7, "response")
+    finally:
+        stop(p)
+
+
 def test_severity_comes_from_the_margin(sae, sink):
     p = make_pipeline(sae, [make_spec(sae, "scam", threshold=2.0)], sink)  # high at >= 4
     try:
