@@ -176,3 +176,63 @@ def test_the_sign_in_form_and_a_banner_that_names_the_error(chromium, sidecar):
         expect(page.locator("#status-pill")).to_have_text("unreachable")
     finally:
         context.close()
+
+
+@pytest.mark.slow
+def test_the_dashboard_with_the_shipped_detectors_and_its_screenshot(chromium, tmp_path):
+    """The real page of a sidecar running the shipped SAE and detector specs (artifacts/) and the embedded model,
+    after scoring the demo's built-in conversations with POST /v1/score: what docs/dashboard.png shows.
+
+    ``UPDATE_SCREENSHOTS=1`` writes the screenshot to docs/dashboard.png (otherwise under the test's tmp dir)."""
+    import os
+
+    import httpx
+    from playwright.sync_api import expect
+    from sidecar_testkit import REPO
+
+    from monitor.demo import CONVERSATIONS
+    from monitor.service.settings import load_settings
+    from monitor.service.sidecar import Sidecar
+
+    settings = load_settings(None, model={"load": True}, auth={"ingest_token": INGEST, "admin_token": ADMIN},
+                             alerts={"console": False, "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
+                                     "instance": "safety-monitor-0"})
+    sidecar = Sidecar.load(settings)  # no SAE or detector path: the shipped ones
+    specs = {s.name: s for s in sidecar.generation.specs}
+    assert {"scam", "deception", "power_seeking"} <= set(specs)
+    alerts = []
+    with live_server(create_app(sidecar)) as url:
+        for i, conv in enumerate(CONVERSATIONS):
+            user = [text for role, text in conv.messages if role == "user"][-1]
+            r = httpx.post(url + "/v1/score", headers=INGEST_AUTH, timeout=120,
+                           json={"text": user, "chat": True, "response": conv.response_prefix or None,
+                                 "request_id": f"demo-{i:02d}"})
+            assert r.status_code == 200, r.text
+            alerts += r.json()["alerts"]
+        assert alerts, "the shipped detectors raised no alert on the demo conversations"
+
+        context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://admin:{ADMIN}@{url.removeprefix('http://')}/dashboard")
+            rows = page.locator("#recent-alerts tbody tr[data-event-id]")
+            expect(rows).to_have_count(len(alerts), timeout=15_000)
+            assert {rows.nth(i).get_attribute("data-event-id") for i in range(len(alerts))} == \
+                {a["event_id"] for a in alerts}
+            expect(page.locator("#model")).to_have_text(settings.model.id)
+            for name, spec in specs.items():
+                row = page.locator(f"#thresholds tr[data-detector='{name}']")
+                expect(row).to_contain_text(f"v{spec.version}")
+                expect(row).to_contain_text(f"{spec.threshold:.4g}")
+            for skipped in sidecar.skipped:
+                if skipped.status == "no_signal":
+                    expect(page.locator(f"#thresholds tr[data-detector='{skipped.name}']")).to_contain_text("no_signal")
+            expect(page.locator("#status-pill")).to_have_text("live")
+            expect(page.locator("#stale-banner")).to_be_hidden()
+            shot = REPO / "docs" / "dashboard.png" if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000 and errors == []
+        finally:
+            context.close()
