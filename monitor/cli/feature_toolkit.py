@@ -77,6 +77,13 @@ def cmd_sae_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels(args, sha256: str) -> dict:
+    """The SAE's latent labels (``latent_labels.json``; empty when not built yet)."""
+    from monitor.toolkit.latent_labels import LABELS_FILE, load_labels
+
+    return load_labels(_sae_dir(args) / LABELS_FILE, sha256)
+
+
 def cmd_features_top(args: argparse.Namespace) -> int:
     from monitor.cli.common import UsageError, load_sae_arg
     from monitor.lm.loading import load_model
@@ -94,8 +101,9 @@ def cmd_features_top(args: argparse.Namespace) -> int:
                                                density=float(index.density[args.latent])))
         print(f"wrote {args.html}")
         return 0
+    label = _labels(args, sae.sha256).get(args.latent)
     print(f"latent {args.latent}: max {vmax:.2f}, fires on {index.density[args.latent]:.3%} of "
-          f"{index.n_tokens:,} held-out tokens")
+          f"{index.n_tokens:,} held-out tokens" + (f"; label {label.label}" if label else ""))
     if not ctxs:
         print("  (never active on the held-out documents)")
     for c in ctxs:
@@ -125,11 +133,13 @@ def cmd_features_search(args: argparse.Namespace) -> int:
     sae = load_sae_arg(args.sae)
     lm = load_model(args.model)
     rows = search(sae, lm, args.text, layer=args.layer, n=args.n)
+    labels = _labels(args, sae.sha256)
     if args.json:
-        print(json.dumps([{"latent": i, "activation": v, "token": t} for i, v, t in rows]))
+        print(json.dumps([{"latent": i, "activation": v, "token": t,
+                           "label": labels[i].label if i in labels else None} for i, v, t in rows]))
     else:
         for i, v, t in rows:
-            print(f"{i:6d}  {v:7.2f}  peak on {t!r}")
+            print(f"{i:6d}  {v:7.2f}  peak on {t!r}  {labels[i].label if i in labels else ''}")
     return 0
 
 
