@@ -93,7 +93,7 @@ class DetectorSpec(BaseModel):
     severity_thresholds: dict[Literal["medium", "high", "critical"], float] = Field(
         default_factory=dict, description="Score at or above which an alert is at least this severe (else low): "
         "medium above every benign calibration score, high at the median and critical at the 90th percentile of "
-        "the concept's calibration positives (detectors.calibration.calibrate.severity_cutoffs).")
+        "the concept's calibration positives that reach medium (detectors.calibration.calibrate.severity_cutoffs).")
     status: Literal["enabled", "disabled", "no_signal"] = "enabled"
     status_reason: str = ""
     latent_labels: dict[int, str] = Field(default_factory=dict, description="Latent id -> short human label.")

@@ -194,16 +194,18 @@ def severity_cutoffs(threshold: float, benign: np.ndarray, positives: np.ndarray
 
     ``low``       the threshold: benign traffic alerts at most at the target FPR, on every slice;
     ``medium``    above every benign calibration score: no everyday text of any slice scored this high;
-    ``high``      at least the median score of the concept's calibration positives: as strong as a typical
-                  confirmed example;
+    ``high``      at least the median score of the concept's calibration positives that reach ``medium``:
+                  as strong as a typical caught example;
     ``critical``  at least their 90th percentile: as strong as the clearest examples.
 
     Every level is reachable by real positives (the old cut-offs at a third, a tenth and a thirtieth of the
     FPR needed 900 to 9,000 benign samples and left scam at 10.8 times its threshold "medium")."""
-    out = {"medium": max(threshold, float(np.nextafter(np.max(benign), np.inf))) if len(benign) else threshold}
-    if len(positives):
-        out["high"] = max(out["medium"], float(np.quantile(positives, 0.5)))
-        out["critical"] = max(out["high"], float(np.quantile(positives, 0.9)))
+    medium = max(threshold, float(np.nextafter(np.max(benign), np.inf))) if len(benign) else threshold
+    out = {"medium": medium}
+    caught = np.sort(np.asarray(positives, dtype=float)[np.asarray(positives) >= medium])
+    if len(caught) >= 2:
+        out["high"] = max(medium, float(np.quantile(caught, 0.5)))
+        out["critical"] = max(out["high"], float(np.quantile(caught, 0.9)))
     return out
 
 

@@ -210,14 +210,17 @@ def cmd_elicit(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     lm = load_model(args.model)
-    requests = scam_email_requests(args.pairs, seed=args.seed)
+    requests = scam_email_requests(args.pairs, seed=0)
+    all_requests, replies = [], []
+    for sample in range(args.samples):  # sample s is drawn with seed s: the file grows reproducibly
 
-    def progress(done: int, total: int) -> None:
-        print(f"[elicit] {done}/{total} replies", file=sys.stderr)
+        def progress(done: int, total: int, sample=sample) -> None:
+            print(f"[elicit] sample {sample + 1}/{args.samples}: {done}/{total} replies", file=sys.stderr)
 
-    replies = generate_replies(lm, requests, max_new_tokens=args.max_new_tokens, seed=args.seed, progress=progress)
-    n = write_rows(Path(args.out), requests, replies, model_id=lm.model_id)
-    print(json.dumps({"out": args.out, "rows": n, "positives": sum(r.label for r in requests)}))
+        replies += generate_replies(lm, requests, max_new_tokens=args.max_new_tokens, seed=sample, progress=progress)
+        all_requests += requests
+    n = write_rows(Path(args.out), all_requests, replies, model_id=lm.model_id)
+    print(json.dumps({"out": args.out, "rows": n, "positives": sum(r.label for r in all_requests)}))
     return 0
 
 
@@ -263,7 +266,7 @@ def register(sub) -> None:
     el.add_argument("--out", default="artifacts/data/scam/elicited_scam_email_replies.jsonl")
     el.add_argument("--pairs", type=int, default=240, help="organisation x template pairs (two requests each)")
     el.add_argument("--max-new-tokens", type=int, default=96)
-    el.add_argument("--seed", type=int, default=0)
+    el.add_argument("--samples", type=int, default=2, help="replies sampled per request (seeds 0, 1, ...)")
     el.add_argument("--model", default=DEFAULT_MODEL_ID)
     el.add_argument("--threads", type=int, default=0)
     el.set_defaults(func=cmd_elicit)
