@@ -234,36 +234,38 @@ def _cap_multi_turn(examples: list[Example], n: int | None) -> list[Example]:
 
 
 def admissible_latents(features: np.ndarray, labels: np.ndarray, sources: np.ndarray,
-                       excluded: set[int] = frozenset(), margin: float = 0.0) -> tuple[np.ndarray, list[dict]]:
-    """Latents a detector may use, and the rejected strong ones with the reason.
+                       excluded: set[int] = frozenset(), margin: float = 0.1,
+                       min_per_label: int = 10) -> tuple[np.ndarray, list[dict]]:
+    """Latents a detector may use, and the strongest rejected ones with the reason.
 
-    A latent enters only if it separates the concept in the same direction within every source that holds
-    both labels (its per-source AUROCs all above, or all below, 0.5 + ``margin``), and is not ``excluded``
-    (a formatting latent, ``monitor.toolkit.latent_labels``). A latent that marks positives in one source
-    and negatives in another tracks how that source was made (answer letters, list markers, phone numbers),
-    not the concept. ``features [n, d_sae]`` of the concept's own rows."""
+    A latent is rejected when, within some source with at least ``min_per_label`` rows of each label, it
+    separates the concept the other way round from its overall direction by more than ``margin`` (its
+    per-source AUROC beyond 0.5 -/+ ``margin``), or when it is ``excluded`` (a formatting latent,
+    ``monitor.toolkit.latent_labels``). A latent that marks positives in one source and negatives in
+    another tracks how that source was made (answer letters, list markers, phone numbers), not the
+    concept. The margin and the minimum keep sampling noise of small sources from rejecting good latents:
+    required to agree exactly in every source, the scam request detector lost 0.09 AUROC against the
+    dense probe. ``features [n, d_sae]`` of the concept's own rows."""
     d = features.shape[1]
+    overall = np.nan_to_num(auroc_columns(features, labels), nan=0.5)
+    up = overall >= 0.5
     ok = np.ones(d, dtype=bool)
     per_source = {}
     for src in sorted(set(sources.tolist())):
         m = sources == src
-        if len(set(labels[m].tolist())) < 2:
+        if min(int((labels[m] == 1).sum()), int((labels[m] == 0).sum())) < min_per_label:
             continue
-        per_source[src] = np.nan_to_num(auroc_columns(features[m], labels[m]), nan=0.5)
-    if len(per_source) >= 2:
-        a = np.stack(list(per_source.values()))  # [sources, d]
-        ok = (a > 0.5 + margin).all(0) | (a < 0.5 - margin).all(0)
-    overall = np.nan_to_num(auroc_columns(features, labels), nan=0.5)
+        a = np.nan_to_num(auroc_columns(features[m], labels[m]), nan=0.5)
+        per_source[src] = a
+        ok &= np.where(up, a >= 0.5 - margin, a <= 0.5 + margin)
     excluded_mask = np.zeros(d, dtype=bool)
     excluded_mask[[i for i in excluded if i < d]] = True
-    strength = np.abs(overall - 0.5)
     rejected = []
-    for j in np.argsort(-strength)[:200]:
+    for j in np.argsort(-np.abs(overall - 0.5))[:200]:
         if not ok[j] or excluded_mask[j]:
             rejected.append({"latent": int(j), "auroc": round(float(overall[j]), 4),
-                             "reason": "formatting latent" if excluded_mask[j] else "opposite directions in "
-                             + ", ".join(f"{s}: {v[j]:.2f}" for s, v in per_source.items()),
-                             })
+                             "reason": "formatting latent" if excluded_mask[j] else "opposite directions: "
+                             + ", ".join(f"{s}: {v[j]:.2f}" for s, v in per_source.items())})
     return np.flatnonzero(ok & ~excluded_mask), rejected[:20]
 
 
@@ -275,9 +277,12 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     """Fit, threshold and evaluate the detector for ``concept`` (see module docstring)."""
     split = by_split(examples)
     benign_split = by_split([e for e in benign if not e.meta.get("long_document")])
-    # Long documents only calibrate and test: their 1,000+ tokens each would dominate training time.
+    # Long documents: half of their train split trains (a detector that never saw literature scored novels
+    # above its positives), the other half joins calibration, so the long slice has enough samples for its
+    # own threshold.
     long_docs = by_split([e for e in benign if e.meta.get("long_document")])
-    benign_split["calibration"] += long_docs["train"] + long_docs["calibration"]
+    benign_split["train"] += long_docs["train"][::2]
+    benign_split["calibration"] += long_docs["train"][1::2] + long_docs["calibration"]
     benign_split["test"] += long_docs["test"]
     benign_split["train"] = _cap_multi_turn(benign_split["train"], cfg.max_multi_turn_train)
     spans = (KIND_SPAN[kind],) if kind else cfg.spans

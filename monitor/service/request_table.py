@@ -60,10 +60,13 @@ class RequestTable:
         """``[capacity]`` slot holds a request."""
         self.thresholds = torch.tensor([s.threshold for s in bank.specs], dtype=torch.float32)
         """``[n_detectors]``."""
-        self.alert_while_streaming = torch.tensor([s.aggregation == "max" for s in bank.specs], dtype=torch.bool)
-        """``[n_detectors]``: a running max only grows, so crossing the threshold mid-request is final and
-        can alert at once; a running mean can fall back, so mean detectors are judged on the finished
-        request, the score they were calibrated on."""
+        self.alert_while_streaming = torch.tensor([s.aggregation == "max" and min(s.weights) >= 0 for s in bank.specs],
+                                                  dtype=torch.bool)
+        """``[n_detectors]``: a running max only grows, so with non-negative weights a score that crosses the
+        threshold mid-request stays above it and can alert at once. A negative weight on a growing max can
+        pull the score back down (seen: a sycophancy detector alerting mid-reply on a finished score below
+        its threshold), and a running mean or window can fall back, so those detectors are judged on the
+        finished request, the score they were calibrated on."""
         self._free = list(range(capacity - 1, -1, -1))
         where = {lat: j for j, lat in enumerate(bank.latents)}
         self._cols = [torch.tensor([where[i] for i in s.latents], dtype=torch.long) for s in bank.specs]

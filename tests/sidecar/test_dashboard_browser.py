@@ -199,7 +199,7 @@ def test_the_dashboard_with_the_shipped_detectors_and_its_screenshot(chromium, t
                                      "instance": "safety-monitor-0"})
     sidecar = Sidecar.load(settings)  # no SAE or detector path: the shipped ones
     specs = {s.name: s for s in sidecar.generation.specs}
-    assert {"scam", "deception", "power_seeking"} <= set(specs)
+    assert {"scam_reply", "scam_request", "deception_request", "power_seeking_reply"} <= set(specs)
     alerts = []
     with live_server(create_app(sidecar)) as url:
         for i, conv in enumerate(CONVERSATIONS):

@@ -100,6 +100,20 @@ def test_a_detector_judged_on_the_finished_reply_alerts_at_the_end_with_its_peak
         stop(p)
 
 
+def test_a_max_detector_with_a_negative_weight_waits_for_the_end(sae, sink):
+    # latent 1 adds, latent 5 subtracts: crossing mid-request is not final when a later token lifts latent 5
+    spec = make_spec(sae, "mixed", latents=(1, 5), weights=(1.0, -1.0), threshold=0.5)
+    p = make_pipeline(sae, [spec], sink)
+    try:
+        run(p, make_batch([("r1", 3, False)], hot=2.0, hot_dims=(1,)))
+        run(p, make_batch([("r1", 2, False)], start={"r1": 3}, hot=5.0, hot_dims=(5,)))
+        res = run(p, make_batch([("r1", 0, True)]))
+        time.sleep(0.2)
+        assert res.scores["r1"]["mixed"] < 0.5 and sink.alerts == []  # a streaming alert would have fired
+    finally:
+        stop(p)
+
+
 def test_severity_comes_from_the_margin(sae, sink):
     p = make_pipeline(sae, [make_spec(sae, "scam", threshold=2.0)], sink)  # high at >= 4
     try:
