@@ -17,6 +17,12 @@ from detectors.spans import ROLE_RESPONSE, ROLES, span_roles
 from detectors.spec import AGGREGATIONS, DetectorSpec, SpecError, linear_score
 
 
+def open_block_counts(done, rest, window: int):
+    """Whether the ``window`` aggregate includes the open (trailing) block of ``rest`` tokens after ``done``
+    complete blocks: once it is at least half full, or when it is the only block. Ints or tensors."""
+    return (rest > 0) & ((done == 0) | (rest >= (window + 1) // 2))
+
+
 def aggregate(z: torch.Tensor, how: str, window: int) -> torch.Tensor:
     """The one definition of a detector's aggregation: ``z [n, k]`` latent values of the span's tokens, in
     order, to ``[k]`` features (zeros for no tokens). Streaming scorers are tested equal to it after every
@@ -43,7 +49,7 @@ def aggregate(z: torch.Tensor, how: str, window: int) -> torch.Tensor:
     parts = []
     if full:
         parts.append(z[: full * window].reshape(full, window, k).mean(dim=1).max(dim=0).values)
-    if rem and (full == 0 or rem >= (window + 1) // 2):
+    if open_block_counts(full, rem, window):
         parts.append(z[full * window :].mean(dim=0))
     return torch.stack(parts).max(dim=0).values
 
@@ -145,7 +151,7 @@ class RequestScores:
             w, n = self.bank.window, self._count[r]
             done, rest = divmod(n, w)
             agg = self._block_max[r]
-            if rest and (done == 0 or rest >= (w + 1) // 2):
+            if open_block_counts(done, rest, w):
                 agg = torch.maximum(agg, self._block_sum[r] / rest)
         else:
             agg = sum(self._sum[r] for r in roles) / count

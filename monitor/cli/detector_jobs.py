@@ -87,12 +87,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cfg = CalibrationConfig(target_fpr=args.target_fpr, leave_one_source_out=not args.no_loso)
     disc = DiscoveryConfig(max_latents=args.max_latents, candidates=args.candidates or DiscoveryConfig.candidates)
     summary = {}
+    benign_by_kind = {}  # read once per kind, not once per concept and kind
+    for kind in args.kinds:
+        benign_by_kind[kind] = load_benign(data_dir, kind=kind, max_per_file=args.max_benign_per_file)
+        benign_by_kind[kind] += load_long_documents(data_dir, n=args.long_documents, kind=kind)
+        if args.benign:
+            benign_by_kind[kind] += for_kind([e for p in args.benign for e in load_file(Path(p))], "both", kind)
     for concept in args.concepts:
         for kind in args.kinds:
-            benign = load_benign(data_dir, kind=kind, max_per_file=args.max_benign_per_file)
-            benign += load_long_documents(data_dir, n=args.long_documents, kind=kind)
-            if args.benign:
-                benign += for_kind([e for p in args.benign for e in load_file(Path(p))], "both", kind)
+            benign = benign_by_kind[kind]
             checks = []
             if args.data:
                 examples = for_kind([e for p in args.data for e in subsample(load_file(Path(p)), args.max_per_file, 0)],

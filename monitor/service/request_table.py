@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from detectors.scoring import DetectorBank
+from detectors.scoring import DetectorBank, open_block_counts
 from detectors.spans import ROLE_RESPONSE, SPANS, span_roles
 
 _NO_POSITION = 2**62
@@ -71,10 +71,11 @@ class RequestTable:
         where = {lat: j for j, lat in enumerate(bank.latents)}
         self._cols = [torch.tensor([where[i] for i in s.latents], dtype=torch.long) for s in bank.specs]
         self._weights = [torch.tensor(s.weights, dtype=torch.float32) for s in bank.specs]
-        self._contribution = torch.zeros(u, d)
-        """``[u, n_detectors]``: each detector's weights at its latents' columns (per-token contributions)."""
+        self._contribution_t = torch.zeros(d, u)
+        """``[n_detectors, u]``: each detector's weights at its latents' columns (per-token contributions);
+        transposed like ``_block_t``: ``[d, u] @ [u, n]`` is ~3x faster on CPU than ``[n, u] @ [u, d]``."""
         for i in range(d):
-            self._contribution[self._cols[i], i] = self._weights[i]
+            self._contribution_t[i, self._cols[i]] = self._weights[i]
         # Scoring is one matrix product: the feature variants the detectors need (max or mean over the
         # prompt, the response or both) side by side, times a block matrix holding each detector's
         # weights in the rows of its variant and its latents (zero elsewhere).
@@ -171,14 +172,16 @@ class RequestTable:
 
     def _update_peaks(self, key: torch.Tensor, z: torch.Tensor, pos: torch.Tensor) -> None:
         """Keep, per row and detector, the token contributing most to the score so far, and where it is."""
-        d = self._contribution.shape[1]
+        d = self._contribution_t.shape[0]
         if d == 0:
             return
-        contribution = z @ self._contribution  # [n, d]
-        self._peak_value.scatter_reduce_(0, key[:, None].expand(-1, d), contribution, "amax")
-        is_peak = contribution >= self._peak_value.index_select(0, key)  # ties: any of them
-        rows, dets = key[:, None].expand(-1, d)[is_peak], torch.arange(d).expand(len(key), -1)[is_peak]
-        self._peak_position[rows, dets] = pos[:, None].expand(-1, d)[is_peak]
+        contribution = (self._contribution_t @ z.T).T  # [n, d]
+        index = key[:, None].expand(-1, d)
+        self._peak_value.scatter_reduce_(0, index, contribution, "amax")
+        # A request's positions only grow, so among the tokens that now hold the peak the latest position
+        # wins over the row's older one: one scatter, no boolean gathers (ties: the latest token).
+        is_peak = contribution >= self._peak_value.index_select(0, key)
+        self._peak_position.scatter_reduce_(0, index, torch.where(is_peak, pos[:, None], -1), "amax")
 
     def _update_blocks(self, key: torch.Tensor, z: torch.Tensor) -> None:
         """Add tokens (``key [n]`` row of each, in arrival order; ``z [n, u]``) to the rows' blocks of ``window``
@@ -212,7 +215,7 @@ class RequestTable:
         w = self.window
         count = self._count[rows].to(torch.int64)
         done, rest = count // w, count % w
-        use_open = (rest > 0) & ((done == 0) | (rest >= (w + 1) // 2))
+        use_open = open_block_counts(done, rest, w)
         best = self._block_max[rows]
         open_mean = self._block_sum[rows] / rest.clamp_min(1).to(torch.float32)[..., None]
         return torch.where(use_open[..., None], torch.maximum(best, open_mean), best)
