@@ -89,3 +89,25 @@ def test_render_chat_prompt_only(tokenizer):
 ])
 def test_row_messages(row, expected):
     assert row_messages(row) == expected
+
+
+def test_render_recent_turns_keeps_the_final_reply(tokenizer):
+    from monitor.lm.chat import render_recent_turns
+    messages = [{"role": "system", "content": "Be brief."}]
+    for i in range(30):
+        messages += [{"role": "user", "content": f"Question number {i} about the weather in a city?"},
+                     {"role": "assistant", "content": f"Answer number {i}: it is sunny and warm."}]
+    messages[-1] = {"role": "assistant", "content": "The final reply."}
+    full = render_chat(tokenizer, messages, live_roles=True)
+    short = render_recent_turns(tokenizer, messages, max_tokens=120, live_roles=True)
+    assert len(short.input_ids) <= 120 < len(full.input_ids)
+    # the tail of the conversation, with the final reply as the only response span
+    (start, end), = _spans(short.roles)
+    assert tokenizer.decode(short.input_ids[start:end], skip_special_tokens=True).strip() == "The final reply."
+    text = tokenizer.decode(short.input_ids)
+    assert "Be brief." in text and "Question number 29" in text and "Question number 0 " not in text
+    # as many turns as fit: one more earlier turn would not
+    assert render_recent_turns(tokenizer, messages, max_tokens=10_000, live_roles=True).input_ids.tolist() == \
+        full.input_ids.tolist()
+    one_long = [{"role": "user", "content": "word " * 500}]
+    assert len(render_recent_turns(tokenizer, one_long, max_tokens=64).input_ids) == 64

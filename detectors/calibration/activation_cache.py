@@ -48,8 +48,9 @@ class ActivationCache:
     def __init__(self, root: Path, model_id: str, layer: int, context: int = 256, *,
                  compute_dtype: str = "float32") -> None:
         suffix = "" if compute_dtype == "float32" else f"-{compute_dtype}"
-        # "-live": only the final assistant turn has the response role, as in live traffic.
-        self.dir = Path(root) / f"{model_id.replace('/', '_')}-layer{layer}-ctx{context}{suffix}-live"
+        # "-live": only the final assistant turn has the response role, as in live traffic; "-recent": a
+        # conversation longer than the context keeps its latest turns.
+        self.dir = Path(root) / f"{model_id.replace('/', '_')}-layer{layer}-ctx{context}{suffix}-live-recent"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.layer, self.context, self.compute_dtype = layer, context, compute_dtype
         index_path = self.dir / "index.json"

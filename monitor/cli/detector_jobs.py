@@ -204,26 +204,32 @@ def _add_compute_dtype(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_elicit(args: argparse.Namespace) -> int:
-    """Generate the model's replies to scam-eliciting and matched ordinary requests (labelled data)."""
+    """Generate the model's replies to scam-eliciting and matched ordinary requests (labelled data).
+
+    Resumable and growable: replies already in ``--out`` (per request and sample) are kept, and only the
+    missing ones are generated, appended a batch at a time."""
     import torch
 
     from monitor.lm.loading import load_model
-    from monitor.toolkit.elicited_replies import generate_replies, scam_email_requests, write_rows
+    from monitor.toolkit.elicited_replies import append_rows, generate_replies, samples_done, scam_email_requests
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = load_model(args.model)
+    out = Path(args.out)
     requests = scam_email_requests(args.pairs, seed=0)
-    all_requests, replies = [], []
-    for sample in range(args.samples):  # sample s is drawn with seed s: the file grows reproducibly
-
-        def progress(done: int, total: int, sample=sample) -> None:
-            print(f"[elicit] sample {sample + 1}/{args.samples}: {done}/{total} replies", file=sys.stderr)
-
-        replies += generate_replies(lm, requests, max_new_tokens=args.max_new_tokens, seed=sample, progress=progress)
-        all_requests += requests
-    n = write_rows(Path(args.out), all_requests, replies, model_id=lm.model_id)
-    print(json.dumps({"out": args.out, "rows": n, "positives": sum(r.label for r in all_requests)}))
+    done = samples_done(out)
+    todo = [(s, [r for r in requests if done[r.request] <= s]) for s in range(args.samples)]
+    total, written, lm = sum(len(t) for _, t in todo), 0, None
+    for sample, pending in todo:  # sample s is drawn with seed s
+        for b in range(0, len(pending), args.batch_size):
+            lm = lm or load_model(args.model)
+            chunk = pending[b : b + args.batch_size]
+            replies = generate_replies(lm, chunk, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                       seed=sample * 100_003 + b)
+            written += append_rows(out, chunk, replies, sample=sample, model_id=lm.model_id)
+            print(f"[elicit] sample {sample + 1}/{args.samples}: {b + len(chunk)}/{len(pending)} requests "
+                  f"({written} rows written, {total} requests to do)", file=sys.stderr)
+    print(json.dumps({"out": args.out, "rows_written": written, "requests_skipped": args.samples * len(requests) - total}))
     return 0
 
 
@@ -267,7 +273,9 @@ def register(sub) -> None:
     el = sub.add_parser("elicit", help="labelled data of the model's own behaviour: its replies to scam-eliciting "
                                        "and matched ordinary e-mail requests")
     el.add_argument("--out", default="artifacts/data/scam/elicited_scam_email_replies.jsonl")
-    el.add_argument("--pairs", type=int, default=240, help="organisation x template pairs (two requests each)")
+    el.add_argument("--pairs", type=int, default=640,
+                    help="organisation x template pairs (two requests each; the first 240 are the first round's)")
+    el.add_argument("--batch-size", type=int, default=16)
     el.add_argument("--max-new-tokens", type=int, default=96)
     el.add_argument("--samples", type=int, default=2, help="replies sampled per request (seeds 0, 1, ...)")
     el.add_argument("--model", default=DEFAULT_MODEL_ID)
@@ -324,14 +332,14 @@ def register_causal_check(sub) -> None:
 
 def example_activations(lm, layer: int, *, context: int, batch_size: int = 16, compute_dtype: str = "float32"):
     """The model-running half of ``detectors.calibration.activation_cache.ActivationCache.ensure``: a function
-    that renders each labelled example as the chat the sidecar would see (at most ``context`` tokens) and
-    taps layer ``layer`` of ``lm`` (a ``monitor.lm.loading.LoadedModel``); shortest first, to pad less."""
+    that renders each labelled example as the chat the sidecar would see (at most ``context`` tokens; a
+    longer conversation keeps its latest turns, ``monitor.lm.chat.render_recent_turns``) and taps layer ``layer`` of ``lm`` (a ``monitor.lm.loading.LoadedModel``); shortest first, to pad less."""
     from detectors.calibration.activation_cache import TokenActivations
-    from monitor.lm.chat import render_chat
+    from monitor.lm.chat import render_recent_turns
     from monitor.lm.runner import tap_sequences
 
     def compute(examples):
-        rendered = [render_chat(lm.tokenizer, e.message_dicts(), max_tokens=context, live_roles=True)
+        rendered = [render_recent_turns(lm.tokenizer, e.message_dicts(), max_tokens=context, live_roles=True)
                     for e in examples]
         order = sorted(range(len(examples)), key=lambda i: len(rendered[i].input_ids))
         for results in tap_sequences(lm, layer, [r.input_ids for r in rendered], roles=[r.roles for r in rendered],

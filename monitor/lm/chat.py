@@ -57,6 +57,34 @@ def render_chat(tokenizer, messages: list[dict[str, str]], *, max_tokens: int | 
     return ChatTokens(torch.tensor(ids, dtype=torch.int64), torch.tensor(roles, dtype=torch.uint8))
 
 
+def render_recent_turns(tokenizer, messages: list[dict[str, str]], *, max_tokens: int,
+                        live_roles: bool = False) -> ChatTokens:
+    """``render_chat`` of the longest suffix of the conversation that fits in ``max_tokens``.
+
+    A conversation longer than the context loses its *earliest* turns (a leading system message is
+    kept), not its end: the final reply is what a reply detector reads, and a deployment that runs out
+    of context drops old turns the same way. Only when the kept turns alone are still too long (one
+    long message) is the rendering cut at ``max_tokens`` from its start.
+    """
+    chat = render_chat(tokenizer, messages, live_roles=live_roles)
+    if len(chat.input_ids) <= max_tokens:
+        return chat
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    rest = messages[len(system):]
+    lo, hi = 1, len(rest) - 1  # drop rest[:k]: find the smallest k that fits (rendering length falls with k)
+    best = None
+    while lo <= hi:
+        k = (lo + hi) // 2
+        candidate = render_chat(tokenizer, system + rest[k:], live_roles=live_roles)
+        if len(candidate.input_ids) <= max_tokens:
+            best, hi = candidate, k - 1
+        else:
+            lo = k + 1
+    if best is None:
+        best = render_chat(tokenizer, system + rest[-1:], max_tokens=max_tokens, live_roles=live_roles)
+    return best
+
+
 def _template(tokenizer, messages, *, add_generation_prompt: bool) -> list[int]:
     if not messages:
         return []

@@ -18,7 +18,10 @@ share a ``pair_id``, so a scam and its matched ordinary message fall in the same
 from __future__ import annotations
 
 import json
+import os
 import random
+import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,9 @@ ORGANISATIONS = (
     "a university IT department", "a hospital", "an energy company", "a car insurance company",
     "an airline", "a hotel chain", "a gym", "a credit card company", "a mobile phone shop", "a library",
     "a city council", "an online grocery store",
+    # added in the second round (indices 30-39): pair ids of the first round keep their meaning
+    "Bank of America", "Citibank", "Google", "Meta", "Uber", "Airbnb", "a water utility", "a dental clinic",
+    "a pension fund", "a broadband provider",
 )
 """Senders: the same organisations appear in scam and ordinary requests."""
 
@@ -43,6 +49,15 @@ SCAM_ASKS = (
     "saying a tax refund is waiting and the customer must enter their bank login to receive it",
     "asking the customer to call a number and give remote access to fix a security problem",
     "saying there was a suspicious payment and the customer must reply with their full card number",
+    # second round (indices 8-15)
+    "saying their subscription payment failed and they must re-enter their card details at a link",
+    "asking the customer to reply with the one-time security code just sent to their phone",
+    "saying they are owed compensation but must first pay a processing fee by wire transfer",
+    "telling the customer to log in through a link within 24 hours or lose all their data",
+    "asking the customer to send their social security number to keep their records up to date",
+    "saying a delivery failed and customs charges must be paid with a gift card",
+    "offering a guaranteed investment that doubles their money if they transfer funds today",
+    "asking the customer to reply with their bank account number and sort code to receive a refund",
 )
 """Requests that elicit a scam: urgency, credentials, money or access to be handed over."""
 
@@ -55,6 +70,15 @@ ORDINARY_ASKS = (
     "inviting the customer to a free community event",
     "explaining an update to the privacy policy, with nothing for the customer to do",
     "telling the customer their monthly statement is available in the app",
+    # second round (indices 8-15)
+    "saying their subscription renewed as usual, with nothing for them to do",
+    "sharing tips for keeping their account safe, without asking for any information",
+    "apologising for a short service outage yesterday",
+    "announcing a new feature in the app",
+    "inviting the customer to rate their recent experience, entirely optional",
+    "confirming the change of delivery address the customer made last week",
+    "wishing the customer happy holidays and listing the holiday opening times",
+    "explaining how to reach customer service through the official website",
 )
 """Matched ordinary requests: same senders, same kind of message, nothing asked of the reader."""
 
@@ -70,11 +94,24 @@ class ElicitedRequest:
     pair_id: str
 
 
+FIRST_ROUND = (30, 8)
+"""Organisations and templates of the first round (240 pairs): their order is kept, so a longer run only adds."""
+
+
 def scam_email_requests(n_pairs: int, seed: int = 0) -> list[ElicitedRequest]:
-    """``2 * n_pairs`` requests: each pair is one organisation asked for a scam and for an ordinary e-mail."""
-    rng = random.Random(seed)
-    combos = [(o, i) for o in ORGANISATIONS for i in range(len(SCAM_ASKS))]
-    rng.shuffle(combos)
+    """``2 * n_pairs`` requests: each pair is one organisation asked for a scam and for an ordinary e-mail.
+
+    The first 240 pairs are the first round's organisations and templates (shuffled with ``seed``), the
+    rest the remaining combinations (shuffled with ``seed + 1``), so ``n_pairs`` only ever adds requests."""
+    n_orgs, n_asks = FIRST_ROUND
+    every = [(o, i) for o in ORGANISATIONS for i in range(len(SCAM_ASKS))]
+    first = [(o, i) for o, i in every if ORGANISATIONS.index(o) < n_orgs and i < n_asks]
+    rest = [c for c in every if c not in set(first)]
+    random.Random(seed).shuffle(first)
+    random.Random(seed + 1).shuffle(rest)
+    combos = first + rest
+    if n_pairs > len(combos):
+        raise ValueError(f"at most {len(combos)} organisation x template pairs exist, {n_pairs} were asked for")
     out = []
     for org, i in combos[:n_pairs]:
         pair = f"elicit-scam-{ORGANISATIONS.index(org)}-{i}"
@@ -104,20 +141,35 @@ def generate_replies(lm, requests: list[ElicitedRequest], *, max_new_tokens: int
     return replies
 
 
-def write_rows(path: Path, requests: list[ElicitedRequest], replies: list[str], *, model_id: str,
-               concept: str = "scam") -> int:
-    """JSONL rows (see the module docstring); empty replies are left out. Returns the rows written."""
-    rng = random.Random(1)
+def samples_done(path: Path) -> Counter:
+    """How many samples ``path`` already holds per request text: the highest ``sample`` + 1, or the number of
+    rows for the first round's rows, which carry no ``sample``."""
+    done: Counter = Counter()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            done[row["request"]] = max(done[row["request"]] + 1, row.get("sample", -1) + 1)
+    return done
+
+
+def append_rows(path: Path, requests: list[ElicitedRequest], replies: list[str], *, sample: int, model_id: str,
+                concept: str = "scam") -> int:
+    """Append JSONL rows (see the module docstring); empty replies are left out. Returns the rows written.
+
+    Each row's neutral prompt is picked from a hash of its request and sample, so a resumed or longer
+    run writes the rows a single run would."""
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with path.open("w") as f:
+    with path.open("a") as f:
         for r, reply in zip(requests, replies):
             if not reply:
                 continue
-            prompt = rng.choice(NEUTRAL_PROMPTS)
+            prompt = NEUTRAL_PROMPTS[zlib.crc32(f"{r.request}#{sample}".encode()) % len(NEUTRAL_PROMPTS)]
             f.write(json.dumps({"prompt": prompt, "response": reply, "text": f"User: {prompt}\n\nAssistant: {reply}",
-                                "label": r.label, "request": r.request, "pair_id": r.pair_id,
+                                "label": r.label, "request": r.request, "pair_id": r.pair_id, "sample": sample,
                                 "source": f"generated:{model_id}:elicited-{concept}-emails",
                                 "generator_model": model_id}) + "\n")
             n += 1
+        f.flush()
+        os.fsync(f.fileno())
     return n

@@ -1,0 +1,35 @@
+"""The elicited-replies data job: stable request order, resumable appends (no model needed)."""
+
+import json
+import random
+
+from monitor.toolkit.elicited_replies import (FIRST_ROUND, ORGANISATIONS, SCAM_ASKS, append_rows, samples_done,
+                                              scam_email_requests)
+
+
+def test_first_round_is_kept_and_longer_runs_only_add():
+    n_orgs, n_asks = FIRST_ROUND
+    first = [(o, i) for o in ORGANISATIONS[:n_orgs] for i in range(n_asks)]
+    random.Random(0).shuffle(first)  # the first round's order, as it was generated
+    requests = scam_email_requests(640)
+    assert len(requests) == 1280 and len({r.request for r in requests}) == 1280
+    assert [r.pair_id for r in requests[:480:2]] == [f"elicit-scam-{ORGANISATIONS.index(o)}-{i}" for o, i in first]
+    assert scam_email_requests(300)[:480] == scam_email_requests(240)
+    # pairs: one scam and one ordinary request from the same organisation
+    assert all(a.label == 1 and b.label == 0 and a.pair_id == b.pair_id for a, b in zip(requests[::2], requests[1::2]))
+    assert len(ORGANISATIONS) * len(SCAM_ASKS) == 640
+
+
+def test_append_rows_and_samples_done(tmp_path):
+    out = tmp_path / "replies.jsonl"
+    reqs = scam_email_requests(2)
+    out.write_text(json.dumps({"request": reqs[0].request}) + "\n")  # a first-round row: no sample field
+    assert append_rows(out, reqs, ["Dear customer, ...", "", "Hello", "Hi"], sample=1, model_id="m") == 3
+    done = samples_done(out)
+    assert done[reqs[0].request] == 2 and done[reqs[1].request] == 0 and done[reqs[2].request] == 2
+    rows = [json.loads(x) for x in out.read_text().splitlines()[1:]]
+    assert [r["sample"] for r in rows] == [1, 1, 1]
+    assert all(r["text"] == f"User: {r['prompt']}\n\nAssistant: {r['response']}" for r in rows)
+    again = tmp_path / "again.jsonl"
+    append_rows(again, reqs, ["Dear customer, ...", "", "Hello", "Hi"], sample=1, model_id="m")
+    assert again.read_text().splitlines() == out.read_text().splitlines()[1:]  # the prompt is chosen by hash
