@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 
 from detectors.spans import ROLE_PROMPT, ROLE_RESPONSE
-from monitor.wire import SCHEMA, ActivationBatch, WireFormatError, WireLimits
+from monitor.wire import SCHEMA, SCHEMA_V1, ActivationBatch, WireFormatError, WireLimits
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 FLOAT_WIDTH = {torch.float16: 16, torch.bfloat16: 32, torch.float32: 32}
 # bfloat16 has float32's range, but values near float32's max can round up to inf.
 FLOAT_MAX = {torch.float16: 65504.0, torch.bfloat16: 2.0**126, torch.float32: 2.0**127}
 text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=24)
+request_id = st.text(st.characters(codec="utf-8", blacklist_characters="\n"), min_size=1, max_size=24)
 
 
 # ------------------------------------------------------------------------------------ strategies
@@ -29,7 +30,7 @@ text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=24)
 def batches(draw, max_requests: int = 5, max_tokens_per_request: int = 6) -> ActivationBatch:
     dtype = draw(st.sampled_from(DTYPES), label="dtype")
     d_in = draw(st.integers(1, 8), label="d_in")
-    ids = draw(st.lists(text.filter(lambda s: len(s) <= 256), max_size=max_requests, unique=True), label="ids")
+    ids = draw(st.lists(request_id, max_size=max_requests, unique=True), label="ids")
     counts = [draw(st.integers(0, max_tokens_per_request)) for _ in ids]
     n = sum(counts)
     values = draw(st.lists(st.floats(-FLOAT_MAX[dtype], FLOAT_MAX[dtype], width=FLOAT_WIDTH[dtype]),
@@ -58,8 +59,11 @@ def batches(draw, max_requests: int = 5, max_tokens_per_request: int = 6) -> Act
 
 
 def assert_same(a: ActivationBatch, b: ActivationBatch) -> None:
-    for name in ("activations", "token_ids", "positions", "roles", "offsets"):
+    assert (a.latent_ids is None) == (b.latent_ids is None)
+    for name in ("activations", "token_ids", "positions", "roles", "offsets", "latent_ids"):
         ta, tb = getattr(a, name), getattr(b, name)
+        if ta is None:
+            continue
         assert ta.dtype == tb.dtype, name
         assert ta.shape == tb.shape, name
         # Bitwise: -0.0 and subnormals survive too.
@@ -90,12 +94,13 @@ def valid_batch(n_per_request=(3, 0, 2), d_in: int = 4, dtype=torch.float16, **o
 
 def raw_body(batch: ActivationBatch, *, tensors: dict | None = None, metadata: dict | None = None,
              drop_metadata: tuple[str, ...] = ()) -> bytes:
-    """Serialise with safetensors directly, skipping ``validate`` (to build semantically bad bodies)."""
+    """Serialise with safetensors directly, skipping ``validate`` (to build semantically bad bodies), in the
+    older schema v1 (JSON request list): its validation is the same, and it checks that v1 still decodes."""
     t = {"activations": batch.activations, "token_ids": batch.token_ids, "positions": batch.positions,
          "roles": batch.roles, "offsets": batch.offsets}
     t.update(tensors or {})
     t = {k: v for k, v in t.items() if v is not None}
-    meta = {"schema": SCHEMA, "model": batch.model, "hook": batch.hook, "sae_sha256": batch.sae_sha256,
+    meta = {"schema": SCHEMA_V1, "model": batch.model, "hook": batch.hook, "sae_sha256": batch.sae_sha256,
             "requests": json.dumps([{"id": r, "final": f} for r, f in zip(batch.request_ids, batch.final)])}
     meta.update(metadata or {})
     meta = {k: v for k, v in meta.items() if k not in drop_metadata}
@@ -221,7 +226,7 @@ requests_json = st.one_of(
     .map(json.dumps),
     json_values.map(json.dumps), st.text(max_size=16))
 metadata = st.one_of(
-    st.fixed_dictionaries({"schema": st.sampled_from([SCHEMA, "safety-monitor.activations/v0"]),
+    st.fixed_dictionaries({"schema": st.sampled_from([SCHEMA, SCHEMA_V1, "safety-monitor.activations/v0"]),
                            "model": st.one_of(text, st.just("")), "hook": text, "requests": requests_json},
                           optional={"sae_sha256": st.one_of(st.text(max_size=4), json_values),
                                     "other": json_values}),
@@ -230,7 +235,8 @@ metadata = st.one_of(
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(header=st.dictionaries(st.sampled_from(["activations", "token_ids", "positions", "roles", "offsets",
-                                               "bogus"]), entries, min_size=0, max_size=6),
+                                               "latents", "latent_ids", "request_ids", "final", "bogus"]),
+                              entries, min_size=0, max_size=9),
        meta=st.one_of(st.none(), metadata), payload=st.binary(max_size=256))
 def test_hand_built_headers_only_raise_wire_format_error(header, meta, payload):
     if meta is not None:
@@ -389,7 +395,8 @@ def test_too_many_bytes_requests_or_header():
     assert ActivationBatch.from_bytes(data, WireLimits(max_bytes=len(data))).n_tokens == 5
     rejects(data, "header claims .* the limit is 64", WireLimits(max_header_bytes=64))
     rejects(body_from_header(b"{}", header_len=2**63), "header claims")
-    rejects(data, "at most 2 requests", WireLimits(max_requests=2))
+    rejects(data, "3 requests in one batch; the limit is 2", WireLimits(max_requests=2))
+    rejects(raw_body(valid_batch()), "at most 2 requests", WireLimits(max_requests=2))  # schema v1
 
 
 def test_missing_or_bad_metadata():
@@ -400,8 +407,8 @@ def test_missing_or_bad_metadata():
     for key in ("model", "hook", "requests"):
         rejects(raw_body(batch, drop_metadata=(key,)), rf"__metadata__.{key} is missing or empty")
         rejects(raw_body(batch, metadata={key: ""}), rf"__metadata__.{key} is missing or empty")
-    rejects(raw_body(batch, drop_metadata=("schema",)), "__metadata__.schema must be 'safety-monitor.activations/v1'")
-    rejects(raw_body(batch, metadata={"schema": "safety-monitor.activations/v2"}), "got 'safety-monitor.activations/v2'")
+    rejects(raw_body(batch, drop_metadata=("schema",)), "__metadata__.schema must be 'safety-monitor.activations/v2'")
+    rejects(raw_body(batch, metadata={"schema": "safety-monitor.activations/v3"}), "got 'safety-monitor.activations/v3'")
     header, payload = split_body(batch.to_bytes())
     header["__metadata__"]["model"] = 5
     rejects(body_from_header(header, payload), "values must all be strings")
@@ -469,3 +476,97 @@ def test_concat_keeps_every_request(parts):
     for p in parts:
         for rid, s, _ in p.request_slices():
             assert torch.equal(rows[rid], p.activations[s])
+
+
+# ------------------------------------------------------------------------------------ schema v2: columns, latents
+def latent_batch(n_per_request=(3, 0, 2), latents=(7, 3, 900), dtype=torch.float32, **overrides) -> ActivationBatch:
+    n = sum(n_per_request)
+    fields = {"activations": torch.rand(n, len(latents)).to(dtype), "latent_ids": torch.tensor(latents, dtype=torch.int32),
+              "sae_sha256": "a" * 64}
+    fields.update(overrides)
+    return valid_batch(n_per_request, **fields)
+
+
+def test_v1_and_v2_bodies_decode_to_the_same_batch():
+    batch = valid_batch(sae_sha256="f" * 64, extra_metadata={"x-trace": "abc"})
+    v2 = batch.to_bytes()
+    header, _ = split_body(v2)
+    assert header["__metadata__"]["schema"] == SCHEMA and "requests" not in header["__metadata__"]
+    assert header["request_ids"]["dtype"] == "U8" and header["final"]["shape"] == [3]
+    v1 = raw_body(batch, metadata={"x-trace": "abc"})
+    assert_same(ActivationBatch.from_bytes(v1), ActivationBatch.from_bytes(v2))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches(), st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=6, unique=True))
+def test_latent_batches_round_trip(batch, latents):
+    n = batch.n_tokens
+    lat = ActivationBatch(**{**batch.__dict__, "activations": torch.rand(n, len(latents)).to(batch.activations.dtype),
+                             "latent_ids": torch.tensor(latents, dtype=torch.int32), "sae_sha256": "b" * 64})
+    back = ActivationBatch.from_bytes(lat.to_bytes())
+    assert back.is_latents and back.kind == "latents" and back.kind_key() == tuple(latents)
+    assert_same(lat, back)
+
+
+def test_latent_batch_refusals():
+    ok = latent_batch()
+    header, payload = split_body(ok.to_bytes())
+    assert set(header) - {"__metadata__"} == {"latents", "latent_ids", "token_ids", "positions", "roles", "offsets",
+                                              "request_ids", "final"}
+    with pytest.raises(WireFormatError, match="must name the SAE"):
+        latent_batch(sae_sha256="").to_bytes()
+    with pytest.raises(WireFormatError, match="distinct non-negative"):
+        latent_batch(latents=(1, 1, 2)).to_bytes()
+    with pytest.raises(WireFormatError, match="distinct non-negative"):
+        latent_batch(latents=(1, -1, 2)).to_bytes()
+    with pytest.raises(WireFormatError, match="names 2 latents but latents has 3 columns"):
+        latent_batch(latent_ids=torch.tensor([1, 2], dtype=torch.int32)).to_bytes()
+    with pytest.raises(WireFormatError, match="latents contain NaN"):
+        latent_batch(activations=torch.full((5, 3), float("nan"))).to_bytes()
+    # Both row tensors, or latents without their ids, are refused.
+    both = dict(header, activations=header["latents"])
+    rejects(body_from_header(both, payload), "unknown tensors")
+    no_ids = {k: v for k, v in header.items() if k != "latent_ids"}
+    rejects(body_from_header(no_ids, payload), "missing tensor 'latent_ids'")
+    bad = json.loads(json.dumps(header))
+    bad["latent_ids"]["dtype"] = "I64"
+    rejects(body_from_header(bad, payload), "'latent_ids' must be I32")
+    rejects(ok.to_bytes(), r"latents shape \[5, 3\] exceeds the limits \(65536 tokens, n_latents 2\)",
+            WireLimits(max_d_in=2))
+
+
+def test_columnar_request_table_refusals():
+    batch = valid_batch()
+    body = batch.to_bytes()
+    header, payload = split_body(body)
+    ids_at = header["request_ids"]["data_offsets"][0]
+    final_at = header["final"]["data_offsets"][0]
+
+    def patched(at: int, data: bytes) -> bytes:
+        p = bytearray(payload)
+        p[at : at + len(data)] = data
+        return body_from_header(header, bytes(p))
+
+    rejects(patched(ids_at, b"\xff"), "request_ids is not valid UTF-8")
+    rejects(patched(ids_at + 5, b"-"), "2 line-separated ids for 3 final flags")  # "req-0-req-1\nreq-2"
+    rejects(patched(final_at, b"\x02"), "final flags must be 0 or 1")
+    rejects(patched(ids_at + 4, b"1"), "unique")  # "req-1\nreq-1\nreq-2"
+    with pytest.raises(WireFormatError, match="must not contain a line break"):
+        valid_batch(request_ids=["a\nb", "c", "d"]).to_bytes()
+    no_final = {k: v for k, v in header.items() if k != "final"}
+    rejects(body_from_header(no_final, payload), "missing tensor 'final'")
+
+
+def test_coalesce_and_split_keep_the_kind():
+    from monitor.wire.merge import coalesce, split
+
+    a = latent_batch((2, 1), request_ids=["x", "y"], final=[False, False])
+    b = latent_batch((1, 3), request_ids=["y", "z"], final=[True, False])
+    merged = coalesce([a, b])
+    assert merged.kind_key() == (7, 3, 900) and merged.request_ids == ["x", "y", "z"] and merged.final == [
+        False, True, False]
+    assert all(p.kind_key() == (7, 3, 900) for p in split(merged, 2))
+    with pytest.raises(ValueError, match="kinds"):
+        coalesce([a, latent_batch((1,), latents=(7, 3, 901), request_ids=["w"], final=[False])])
+    with pytest.raises(ValueError, match="kinds"):
+        coalesce([a, valid_batch((1,), d_in=3, request_ids=["w"], final=[False], sae_sha256="a" * 64)])

@@ -71,18 +71,25 @@ def _limit_exceeded(body: bytes | bytearray, limits: WireLimits) -> str | None:
                 "(metadata included); send fewer requests per batch or shorter ids")
     try:
         header = json.loads(bytes(body[8 : 8 + header_len]))
-        shape = header["activations"]["shape"]
-        n_tokens, d_in = int(shape[0]), int(shape[1])
+        rows = "latents" if isinstance(header, dict) and "latents" in header else "activations"
+        shape = header[rows]["shape"]
+        n_tokens, width = int(shape[0]), int(shape[1])
     except (ValueError, KeyError, TypeError, IndexError, RecursionError):
         return None
     if n_tokens > limits.max_tokens:
         return f"batch declares {n_tokens} tokens; the limit is {limits.max_tokens} tokens per batch"
-    if d_in > limits.max_d_in:
-        return f"batch declares d_in={d_in}; the limit is {limits.max_d_in}"
+    if width > limits.max_d_in:
+        what = "d_in" if rows == "activations" else "n_latents"
+        return f"batch declares {what}={width}; the limit is {limits.max_d_in}"
     try:
-        requests = json.loads(header["__metadata__"]["requests"])
-    except (ValueError, KeyError, TypeError, RecursionError):
+        final = header.get("final")
+        if isinstance(final, dict):  # schema v2: one final flag per request
+            n_requests = int(final["shape"][0])
+        else:  # schema v1: a JSON list in the metadata
+            requests = json.loads(header["__metadata__"]["requests"])
+            n_requests = len(requests) if isinstance(requests, list) else 0
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
         return None
-    if isinstance(requests, list) and len(requests) > limits.max_requests:
-        return f"batch carries {len(requests)} requests; the limit is {limits.max_requests} per batch"
+    if n_requests > limits.max_requests:
+        return f"batch carries {n_requests} requests; the limit is {limits.max_requests} per batch"
     return None

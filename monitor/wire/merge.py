@@ -19,7 +19,8 @@ from monitor.wire.batch import ActivationBatch
 def coalesce(batches: Sequence[ActivationBatch]) -> ActivationBatch:
     """One batch holding every row of ``batches``, grouped by request (first appearance order).
 
-    All batches must share model, hook, SAE and width. A request is final if any of its chunks is.
+    All batches must share model, hook, SAE, kind (activations or latents, and then the latent ids) and
+    width. A request is final if any of its chunks is.
     """
     if not batches:
         raise ValueError("coalesce needs at least one batch")
@@ -30,8 +31,8 @@ def coalesce(batches: Sequence[ActivationBatch]) -> ActivationBatch:
     final: dict[str, bool] = {}
     bases = [0, *itertools.accumulate(b.n_tokens for b in batches)]
     for bi, b in enumerate(batches):
-        if (b.model, b.hook, b.sae_sha256) != (first.model, first.hook, first.sae_sha256):
-            raise ValueError("cannot coalesce batches from different models, hooks or SAEs")
+        if not b.same_stream(first):
+            raise ValueError("cannot coalesce batches from different models, hooks, SAEs or kinds")
         bounds = b.offsets.tolist()
         for i, rid in enumerate(b.request_ids):
             parts.setdefault(rid, []).append((bases[bi], bounds[i], bounds[i + 1]))
@@ -57,7 +58,7 @@ def coalesce(batches: Sequence[ActivationBatch]) -> ActivationBatch:
     return ActivationBatch(
         activations=acts, token_ids=token_ids, positions=positions, roles=roles,
         offsets=torch.tensor(offsets, dtype=torch.int64), request_ids=list(parts), final=[final[r] for r in parts],
-        model=first.model, hook=first.hook, sae_sha256=first.sae_sha256,
+        model=first.model, hook=first.hook, sae_sha256=first.sae_sha256, latent_ids=first.latent_ids,
     )
 
 
@@ -96,5 +97,5 @@ def _piece(batch: ActivationBatch, segs: list[tuple[str, int, int, bool]]) -> Ac
         activations=batch.activations[a:b], token_ids=batch.token_ids[a:b], positions=batch.positions[a:b],
         roles=batch.roles[a:b], offsets=torch.tensor(offsets, dtype=torch.int64),
         request_ids=[s[0] for s in segs], final=[s[3] for s in segs], model=batch.model, hook=batch.hook,
-        sae_sha256=batch.sae_sha256,
+        sae_sha256=batch.sae_sha256, latent_ids=batch.latent_ids,
     )

@@ -13,7 +13,7 @@ from sidecar_testkit import ADMIN_AUTH, INGEST_AUTH, SAFETENSORS, make_batch, ma
 
 from monitor.service.app import create_app
 from monitor.service.sidecar import Sidecar
-from monitor.wire import SCHEMA
+from monitor.wire import SCHEMA_V1
 
 POST = {**INGEST_AUTH, **SAFETENSORS}
 MAX_TOKENS = 256
@@ -31,10 +31,11 @@ def strict(tmp_path, sae_dir, detector_dir):
 
 
 def parts(batch):
-    """The tensors and metadata ``to_bytes`` would write, to be corrupted one at a time."""
+    """The tensors and metadata of the batch in schema v1 (still accepted; JSON request list), to be corrupted
+    one at a time."""
     tensors = {"activations": batch.activations, "token_ids": batch.token_ids, "positions": batch.positions,
                "roles": batch.roles, "offsets": batch.offsets}
-    meta = {"schema": SCHEMA, "model": batch.model, "hook": batch.hook, "sae_sha256": batch.sae_sha256,
+    meta = {"schema": SCHEMA_V1, "model": batch.model, "hook": batch.hook, "sae_sha256": batch.sae_sha256,
             "requests": json.dumps([{"id": r, "final": f} for r, f in zip(batch.request_ids, batch.final)])}
     return tensors, meta
 
