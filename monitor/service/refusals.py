@@ -10,6 +10,7 @@ its own auth and request errors, into an ``ApiError`` whose body is ``{"error", 
     too_large         413     too_large               ingest: body, header, tokens or requests over a limit
     malformed         400     malformed_batch         ingest: garbage, truncation, bad shapes, NaN/Inf, ...
     mismatch          409     mismatch                pipeline: batch for another model, hook, SAE or width
+    mismatch          409     latent_mismatch         pipeline: latent batch without every latent the detectors read
     unknown_request   404     unknown_request         pipeline: final flag for a request never seen
     queue_full        429     queue_full              pipeline: queue full (Retry-After)
     shutdown          503     shutting_down           pipeline: stopping (Retry-After)
@@ -46,6 +47,21 @@ class BatchMismatchError(IngestError):
     """The batch was made for another model, hook, SAE or activation width."""
 
     status, error, reason = 409, "mismatch", "mismatch"
+
+
+class LatentMismatchError(BatchMismatchError):
+    """A latent batch lacks latents the loaded detectors read (its tap was configured for other detectors)."""
+
+    error = "latent_mismatch"
+
+    def __init__(self, missing: list[int], needed: int) -> None:
+        shown = ", ".join(str(i) for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        super().__init__(
+            f"latent batch lacks {len(missing)} of the {needed} SAE latents the loaded detectors read ({shown}); "
+            "configure the tap with the latents of the sidecar's detectors (the union of their specs' latents) "
+            "or send activation batches"
+        )
+        self.missing = missing
 
 
 class UnknownRequestError(IngestError):

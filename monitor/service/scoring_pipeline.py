@@ -4,6 +4,7 @@
         take queued batches (up to ``coalesce_tokens``, no request twice in one step)
         ─▶ per-request state: a slot in the RequestTable of the request's detector generation
         ─▶ FrozenSAE.encode_latents(x, only the bank's latents)   (attention-sink rows, position 0, skipped)
+           (a latent batch, whose tap already encoded, gives its columns of the bank's latents instead)
         ─▶ RequestTable.update / scores   (running max/mean per request, role span and latent)
         ─▶ a detector whose score reaches its threshold for the first time on a request ─▶ Alert
            (severity from spec.severity) ─▶ AlertEmitter (outbox commit on its own thread)
@@ -20,6 +21,7 @@ holds across reloads. At most two old generations are kept; older ones are final
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import math
@@ -40,6 +42,7 @@ from monitor.service.alert_emitter import AlertEmitter, PendingAlert
 from monitor.service.prometheus import SidecarMetrics
 from monitor.service.refusals import (
     BatchMismatchError,
+    LatentMismatchError,
     NotAcceptingError,
     QueueFullError,
     UnknownRequestError,
@@ -111,6 +114,8 @@ class _Item:
     batch: ActivationBatch
     received_at: float
     on_done: Callable[[ScoreResult], None] | None
+    kind: tuple[int, ...] | None = None
+    """None for activations; the latent ids of a latent batch (a worker step holds one kind)."""
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -192,7 +197,8 @@ class ScoringPipeline:
 
     # ------------------------------------------------------------------ ingest side
     def check_batch(self, batch: ActivationBatch) -> None:
-        """Refuse a batch made for another model, hook, SAE or width (``BatchMismatchError``)."""
+        """Refuse a batch made for another model, hook, SAE or width (``BatchMismatchError``), and a latent
+        batch whose latents do not include every latent the current detectors read (``LatentMismatchError``)."""
         problems = []
         if batch.model != self.model_id:
             problems.append(f"model {batch.model!r} (this sidecar monitors {self.model_id!r})")
@@ -200,10 +206,15 @@ class ScoringPipeline:
             problems.append(f"hook {batch.hook!r} (this sidecar reads {self.hook!r})")
         if batch.sae_sha256 and batch.sae_sha256.lower() != self.sae.sha256:
             problems.append(f"sae_sha256 {batch.sae_sha256[:16]}... (the loaded SAE is {self.sae.sha256[:16]}...)")
-        if batch.d_in != self.sae.cfg.d_in and batch.n_tokens:
+        if batch.latent_ids is None and batch.d_in != self.sae.cfg.d_in and batch.n_tokens:
             problems.append(f"d_in {batch.d_in} (the SAE reads d_in={self.sae.cfg.d_in})")
         if problems:
-            raise BatchMismatchError("activation batch does not match this sidecar: " + "; ".join(problems))
+            what = "latent" if batch.latent_ids is not None else "activation"
+            raise BatchMismatchError(f"{what} batch does not match this sidecar: " + "; ".join(problems))
+        if batch.latent_ids is not None:
+            missing = set(self._current.latents).difference(batch.latent_ids.tolist())
+            if missing:
+                raise LatentMismatchError(sorted(missing), len(self._current.latents))
 
     def submit(self, batch: ActivationBatch, received_at: float | None = None,
                on_done: Callable[[ScoreResult], None] | None = None) -> int:
@@ -216,7 +227,7 @@ class ScoringPipeline:
             raise NotAcceptingError("the sidecar is shutting down and accepts no more activations")
         self.check_batch(batch)
         counts = (batch.offsets[1:] - batch.offsets[:-1]).tolist()
-        item = _Item(batch, time.perf_counter() if received_at is None else received_at, on_done)
+        item = _Item(batch, time.perf_counter() if received_at is None else received_at, on_done, batch.kind_key())
         with self._lock:
             unknown = [rid for rid, n, fin in zip(batch.request_ids, counts, batch.final)
                        if fin and n == 0 and rid not in self._seen]
@@ -339,6 +350,7 @@ class ScoringPipeline:
         """Encode and aggregate the rows of ``items``. ``states``: the request of each chunk, in row order
         (None only for chunks without rows); ``lens [n_chunks]``: rows per chunk. Returns the alerts of
         thresholds crossed in this step."""
+        kind = items[0].kind  # one kind per step (_one_chunk_per_request)
         if len(items) == 1:
             b = items[0].batch
             x, positions, roles = b.activations, b.positions, b.roles
@@ -370,9 +382,20 @@ class ScoringPipeline:
             self.metrics.tokens_scored.inc(int(gslots.shape[0]))
             if not g.latents:
                 continue
-            t0 = time.perf_counter()
-            z = self.sae.encode_latents(gx, g.latents)
-            self.metrics.encode_seconds.observe(time.perf_counter() - t0)
+            if kind is None:
+                t0 = time.perf_counter()
+                z = self.sae.encode_latents(gx, g.latents)
+                self.metrics.encode_seconds.observe(time.perf_counter() - t0)
+            else:
+                cols = _latent_columns(kind, g.latents)
+                if cols is None:
+                    # Only after a reload and a tap reconfigured mid-request: this older generation reads
+                    # latents the batch lacks (ingest checks the current one). Its rows cannot be scored.
+                    self.metrics.drop("mismatch", int(gslots.shape[0]))
+                    log.warning("latent batch lacks latents of detector generation %d; %d tokens not scored",
+                                g.number, int(gslots.shape[0]))
+                    continue
+                z = gx.index_select(1, cols).float()
             g.table.update(gslots, z, groles, gpos)
             touched = torch.unique(gslots)
             scores = g.table.scores(touched)
@@ -516,12 +539,23 @@ def _one_chunk_per_request(max_requests: int) -> Callable[[_Item], bool]:
     threshold is checked after every batch exactly as if each were processed alone; and a step holds
     at most ``max_requests`` requests, so making room never evicts a request of the same step."""
     seen: set[str] = set()
+    kinds: list[tuple[int, ...] | None] = []
 
     def accept(item: _Item) -> bool:
         ids = item.batch.request_ids
-        if seen and (len(seen) + len(ids) > max_requests or not seen.isdisjoint(ids)):
-            return False
+        if seen and (len(seen) + len(ids) > max_requests or not seen.isdisjoint(ids) or item.kind != kinds[0]):
+            return False  # ... and one kind per step: activations, or latents with the same ids
         seen.update(ids)
+        kinds.append(item.kind)
         return True
 
     return accept
+
+
+@functools.lru_cache(maxsize=64)
+def _latent_columns(batch_latents: tuple[int, ...], needed: tuple[int, ...]) -> torch.Tensor | None:
+    """Columns of a latent batch holding ``needed`` (in that order), or None if one is missing."""
+    where = {lat: j for j, lat in enumerate(batch_latents)}
+    if not where.keys() >= set(needed):
+        return None
+    return torch.tensor([where[lat] for lat in needed], dtype=torch.long)
