@@ -6,6 +6,13 @@ later v1 producer may add optional fields without breaking older consumers;
 an incompatible change gets a new schema id. ``event_id`` is a UUIDv7 (time
 ordered) and is the deduplication key: delivery is at-least-once.
 
+Two kinds of event share the schema and the topic (``kind``): ``detection`` (a detector fired on one
+request; an event without ``kind`` is one) and ``detector_drift`` (a detector's live alert rate left
+its calibrated false-positive rate behind: ``drift`` carries the numbers). A drift event fills every
+field a detection has, so a v1 consumer that ignores ``kind`` still parses it: ``score`` is the live
+alert rate, ``threshold`` the drift limit it crossed, ``request_id`` names the drift episode
+(``detector-drift:<detector>:<version>:<unix seconds>``) and ``token_span`` is ``[0, 1)`` (no tokens).
+
 ``safety-monitor alerts schema docs/alert.schema.json`` regenerates the JSON Schema that
 non-Python consumers validate against.
 """
@@ -167,6 +174,30 @@ class LatentActivation(BaseModel):
         return v
 
 
+AlertKind = Literal["detection", "detector_drift"]
+"""What an event reports: one request that a detector fired on, or a detector whose live alert rate drifted."""
+
+
+class DriftDetails(BaseModel):
+    """Why a ``detector_drift`` event was raised: the live alert rate over the drift window, its interval,
+    and the calibrated false-positive rate it is compared with."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    window_requests: int = Field(ge=0, description="Finished requests in the window (the detector's span had tokens).")
+    window_alerts: int = Field(ge=0, description="Of those, requests the detector alerted on.")
+    window_s: float = Field(gt=0, description="Length of the sliding window, in seconds.")
+    live_alert_rate: float = Field(ge=0, le=1, description="window_alerts / window_requests.")
+    live_rate_ci: tuple[float, float] = Field(description="Clopper-Pearson 95% interval of live_alert_rate.")
+    calibrated_fpr_upper_bound: float = Field(
+        ge=0, le=1, description="The false-positive rate the calibration guarantees not to exceed."
+    )
+    ratio: float = Field(ge=0, description="live_alert_rate / calibrated_fpr_upper_bound.")
+    limit_factor: float = Field(
+        gt=0, description="Drifting: the interval's lower end exceeds this many times the calibrated bound."
+    )
+
+
 class Alert(BaseModel):
     """A detector firing on one request: the event consumers receive.
 
@@ -214,6 +245,12 @@ class Alert(BaseModel):
         None, max_length=4000, description="Redacted text of the span; absent unless the operator enabled it."
     )
     instance: str = Field("", max_length=256, description="Sidecar instance that raised the alert.")
+    kind: AlertKind = Field(
+        "detection",
+        description="'detection' (a detector fired on request_id; also when absent) or 'detector_drift' (the "
+        "detector's live alert rate drifted from its calibration; see 'drift').",
+    )
+    drift: DriftDetails | None = Field(None, description="For kind 'detector_drift': the live rate and the bound.")
 
     @field_validator("score", "threshold")
     @classmethod
@@ -226,6 +263,12 @@ class Alert(BaseModel):
     @classmethod
     def _utc(cls, v: datetime) -> datetime:
         return v.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _drift_details(self) -> Alert:
+        if self.kind == "detector_drift" and self.drift is None:
+            raise ValueError("a detector_drift event carries its 'drift' details")
+        return self
 
     def to_json(self) -> bytes:
         """The wire form: UTF-8 JSON with wire field names."""
@@ -241,6 +284,9 @@ class Alert(BaseModel):
         return cls.model_validate_json(data)
 
 
+_OPTIONAL_LATER = ("kind", "drift")
+
+
 def alert_json_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of the v1 alert event, as published in ``docs/alert.schema.json``."""
     schema = Alert.model_json_schema(by_alias=True, mode="serialization")
@@ -249,6 +295,8 @@ def alert_json_schema() -> dict[str, Any]:
         "$id": SCHEMA_URI,
     }
     out.update(schema)
+    # Added in a later v1 producer: optional, so events written before them stay valid.
+    out["required"] = [f for f in out["required"] if f not in _OPTIONAL_LATER]
     out["description"] = (
         "A safety-monitor alert event. Delivery is at-least-once: deduplicate by event_id. "
         "Unknown properties may appear in later v1 events and must be ignored."

@@ -61,6 +61,18 @@ class CalibrationRecord(BaseModel):
     recall_ci: tuple[float, float] | None = None
     datasets: dict[str, str] = Field(default_factory=dict, description="Dataset name -> sha256 of the file.")
     date: str | None = None
+    fpr_upper_bound: float | None = Field(None, ge=0, le=1, description="The FPR the threshold is guaranteed not to "
+                                          "exceed with probability 1 - delta (order statistics of the binding slice).")
+
+    @property
+    def guaranteed_fpr(self) -> float:
+        """What the live alert rate on benign traffic is compared with (the drift watch): ``fpr_upper_bound``
+        where recorded, else the upper end of ``achieved_fpr_ci``, else ``target_fpr``."""
+        if self.fpr_upper_bound is not None:
+            return self.fpr_upper_bound
+        if self.achieved_fpr_ci is not None:
+            return float(self.achieved_fpr_ci[1])
+        return self.target_fpr
 
 
 class DetectorSpec(BaseModel):

@@ -75,7 +75,8 @@ class InMemoryDashboardStore:
         minute = int(alert.time.timestamp()) // 60
         with self._lock:
             self._recent.append(alert)
-            self._rates[minute][f"{alert.detector}|{alert.severity.value}"] += 1
+            if alert.kind == "detection":  # a drift event is listed, not counted as a detection
+                self._rates[minute][f"{alert.detector}|{alert.severity.value}"] += 1
             self._detectors.add(alert.detector)
             self._writes += 1
             for old in [m for m in self._rates if m < minute - _KEEP_MINUTES]:

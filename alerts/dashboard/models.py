@@ -36,6 +36,33 @@ class CalibrationSummary(BaseModel):
     calibrated_at: str | None = Field(None, description="Date of the calibration run (ISO 8601).")
 
 
+DriftState = Literal["ok", "drifting", "insufficient_data"]
+
+
+class DriftSummary(BaseModel):
+    """Whether a detector's live alert rate still agrees with its calibration: the sidecar's drift watch over
+    a sliding window of finished requests, served by ``GET /v1/detectors`` and the dashboard."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    state: DriftState = Field(
+        description="'insufficient_data' while the window holds fewer than min_requests requests; 'drifting' "
+        "when the live rate's 95% interval lies wholly above limit_factor x the calibrated bound; else 'ok'."
+    )
+    window_s: float = Field(description="Length of the sliding window, in seconds.")
+    min_requests: int = Field(description="Requests the window needs before a state other than insufficient_data.")
+    window_requests: int = Field(description="Finished requests in the window whose span had tokens.")
+    window_alerts: int = Field(description="Of those, requests the detector alerted on.")
+    live_alert_rate: float | None = Field(None, description="window_alerts / window_requests (None: no requests).")
+    live_rate_ci: tuple[float, float] | None = Field(None, description="Clopper-Pearson 95% interval.")
+    calibrated_fpr_upper_bound: float | None = Field(
+        None, description="The FPR the calibration guarantees not to exceed (None: the spec has no calibration)."
+    )
+    ratio: float | None = Field(None, description="live_alert_rate / calibrated_fpr_upper_bound.")
+    limit_factor: float = Field(description="How many times the calibrated bound the interval must clear.")
+    since: datetime | None = Field(None, description="When the detector entered this state.")
+
+
 class DetectorThreshold(BaseModel):
     """A detector's current threshold as shown on the dashboard."""
 
@@ -49,6 +76,11 @@ class DetectorThreshold(BaseModel):
         "ok", description="'no_signal' when calibration found no usable signal for this model."
     )
     calibration: CalibrationSummary | None = None
+    drift: DriftSummary | None = Field(None, description="Live alert rate against the calibration (drift watch).")
+    calibration_histogram: list[int] | None = Field(
+        None, description="Benign calibration scores in the buckets of the live score histogram (score / threshold "
+        "at the histogram edges), when the calibration report is at hand.",
+    )
 
 
 def health_details(provider) -> dict[str, Any]:

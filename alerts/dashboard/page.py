@@ -1,9 +1,11 @@
 """The dashboard's single HTML page: inline CSS, plain JavaScript and SVG, no external assets.
 
 It polls ``v1/dashboard/summary`` (relative, so the router may be mounted under a prefix)
-every few seconds and renders: a stale banner, alerts per minute per detector (SVG),
-sidecar health, detector thresholds with their calibration, and recent alerts with the
-tokens and latents that fired. All text from the data is inserted with ``textContent``.
+every few seconds and renders: a stale banner, a drift banner (detectors whose live alert rate
+left their calibrated FPR behind), alerts per minute per detector (SVG), sidecar health, detector
+thresholds with their calibration, live rate against the calibrated FPR and live score histograms
+beside the calibration ones, and recent alerts (and drift events) with the tokens and latents that
+fired. All text from the data is inserted with ``textContent``.
 
 The poll URL is built without the user name and password a user may have typed into the
 address (``http://admin:TOKEN@host/dashboard``): browsers refuse to ``fetch`` such URLs. The
@@ -36,6 +38,11 @@ _PAGE = """<!doctype html>
   .pill.live { background:#d3f9d8; color:#1b5e20; } .pill.stale { background:#ffe3e3; color:#a61e1e; }
   #stale-banner { display:none; padding:10px 24px; background:#fff4e6; border-bottom:2px solid #e8590c; color:#7c2d12; font-weight:500; }
   #stale-banner.visible { display:block; }
+  #drift-banner { display:none; padding:10px 24px; background:#fff0f6; border-bottom:2px solid #c2255c; color:#5c0b2e; font-weight:500; }
+  #drift-banner.visible { display:block; }
+  .drift-drifting { color:#c2255c; font-weight:600; } .drift-ok { color:var(--ok); }
+  .bars.calibration i { background:#cbd5e1; } .bars.calibration i.over { background:#f59f00; }
+  .hists { display:flex; gap:10px; align-items:flex-end; } .hists small { display:block; color:var(--muted); font-size:11px; }
   main { display:grid; grid-template-columns: 2fr 1fr; gap:16px; padding:16px 24px 32px; }
   .card { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:14px 16px; min-width:0; }
   .card h2 { font-size:13px; text-transform:uppercase; letter-spacing:.04em; color:var(--muted); margin:0 0 10px; font-weight:600; }
@@ -77,6 +84,7 @@ _PAGE = """<!doctype html>
 __SIGN_OUT__
 </header>
 <div id="stale-banner" role="alert"></div>
+<div id="drift-banner" role="alert"></div>
 <main>
   <section class="card">
     <h2>Alerts per minute, by detector (last 60 min, UTC)</h2>
@@ -91,7 +99,8 @@ __SIGN_OUT__
     <h2>Detectors and thresholds</h2>
     <table id="thresholds"><thead><tr>
       <th>Detector</th><th>Status</th><th>Threshold</th><th>Target FPR</th><th>Achieved FPR (95% CI)</th>
-      <th>Recall</th><th>AUROC</th><th>Calibrated</th><th>Alerts (60 min)</th><th>Scores / threshold (24 h)</th>
+      <th>Recall</th><th>AUROC</th><th>Calibrated</th><th>Live rate vs calibrated FPR</th><th>Alerts (60 min)</th>
+      <th>Scores / threshold: live (24 h) · calibration</th>
     </tr></thead><tbody></tbody></table>
   </section>
   <section class="card wide">
@@ -208,8 +217,8 @@ function renderHealth(data) {
   body.append(list);
 }
 
-function bars(hist) {
-  const box = el("span", {class: "bars", title: "score/threshold buckets from " + hist.edges.join(", ")});
+function bars(hist, cls) {
+  const box = el("span", {class: "bars" + (cls ? " " + cls : ""), title: "score/threshold buckets from " + hist.edges.join(", ")});
   const max = Math.max(1, ...hist.counts);
   hist.counts.forEach((c, i) => {
     const bar = el("i", {class: hist.edges[i] >= 1 ? "over" : ""});
@@ -219,6 +228,28 @@ function bars(hist) {
   return box;
 }
 
+function liveRate(d) {
+  if (!d) return el("span", {class: "muted"}, "–");
+  const bound = d.calibrated_fpr_upper_bound;
+  const rate = d.live_alert_rate;
+  const text = (rate == null ? "–" : pct(rate)) + " vs ≤" + pct(bound) +
+    (d.ratio != null ? " (" + Number(d.ratio).toFixed(1) + "×)" : "");
+  const state = d.state === "insufficient_data" ? "insufficient data (" + d.window_requests + "/" + d.min_requests + " requests)"
+                                                : d.state;
+  return el("span", {class: "drift-" + d.state, "data-drift": d.state}, text, el("div", {class: "muted"}, state));
+}
+
+function renderDrift(data) {
+  const banner = document.getElementById("drift-banner");
+  const drifting = data.thresholds.filter(t => t.drift && t.drift.state === "drifting");
+  if (!drifting.length) { banner.classList.remove("visible"); banner.textContent = ""; return; }
+  banner.textContent = "Drifting: " + drifting.map(t => t.detector + " alerts on " + pct(t.drift.live_alert_rate) +
+    " of requests (95% CI " + pct(t.drift.live_rate_ci[0]) + "–" + pct(t.drift.live_rate_ci[1]) + ") against a calibrated FPR of at most " +
+    pct(t.drift.calibrated_fpr_upper_bound)).join("; ") + ". Its threshold no longer holds on this traffic: review the alerts, " +
+    "then recalibrate on traffic samples (safety-monitor calibrate --thresholds-from).";
+  banner.classList.add("visible");
+}
+
 function renderThresholds(data) {
   const tbody = document.querySelector("#thresholds tbody");
   tbody.replaceChildren();
@@ -226,7 +257,7 @@ function renderThresholds(data) {
   const hists = Object.fromEntries(data.histograms.map(h => [h.detector, h]));
   const names = new Set([...data.thresholds.map(t => t.detector), ...Object.keys(totals)]);
   const byName = Object.fromEntries(data.thresholds.map(t => [t.detector, t]));
-  if (!names.size) tbody.append(el("tr", {}, el("td", {colspan: 10, class: "empty"}, "no detectors reported yet")));
+  if (!names.size) tbody.append(el("tr", {}, el("td", {colspan: 11, class: "empty"}, "no detectors reported yet")));
   for (const name of [...names].sort()) {
     const t = byName[name] || {};
     const c = t.calibration || {};
@@ -241,9 +272,19 @@ function renderThresholds(data) {
       el("td", {}, fmt(c.recall)),
       el("td", {}, fmt(c.auroc)),
       el("td", {class: "muted"}, c.calibrated_at || "–"),
+      el("td", {class: "drift"}, liveRate(t.drift)),
       el("td", {}, String(totals[name] || 0)),
-      el("td", {}, hists[name] ? bars(hists[name]) : el("span", {class: "muted"}, "–"))));
+      el("td", {}, histograms(hists[name], t.calibration_histogram))));
   }
+}
+
+function histograms(live, calibration) {
+  const box = el("span", {class: "hists"});
+  box.append(el("span", {}, live ? bars(live) : el("span", {class: "muted"}, "–"), el("small", {}, "live")));
+  if (calibration && live) {
+    box.append(el("span", {}, bars({edges: live.edges, counts: calibration}, "calibration"), el("small", {}, "calibration")));
+  }
+  return box;
 }
 
 function renderAlerts(alerts) {
@@ -261,7 +302,8 @@ function renderAlerts(alerts) {
     if (a.snippet) latents.append(el("div", {class: "snippet"}, "“" + a.snippet + "”"));
     tbody.append(el("tr", {"data-event-id": a.event_id},
       el("td", {class: "mono"}, a.time.slice(0, 19).replace("T", " ")),
-      el("td", {}, el("span", {class: "sev " + a.severity}, a.severity)),
+      el("td", {}, el("span", {class: "sev " + a.severity}, a.severity),
+         a.kind === "detector_drift" ? el("div", {class: "drift-drifting"}, "drift") : ""),
       el("td", {}, a.detector, el("span", {class: "muted"}, " v" + a.detector_version)),
       el("td", {class: "mono"}, fmt(a.score, 4) + " / " + fmt(a.threshold, 4)),
       el("td", {class: "mono"}, a.request_id),
@@ -317,6 +359,7 @@ async function refresh() {
       ". Alerts still flow to Kafka; this page shows the last data it could read (as of " + asOf + ")." : null);
     renderChart(data.rates);
     renderHealth(data);
+    renderDrift(data);
     renderThresholds(data);
     renderAlerts(data.recent);
   } catch (err) {

@@ -189,8 +189,9 @@ class DashboardStore:
     # --- writes (non-blocking) --------------------------------------------------------------
 
     def record_alert(self, alert: Alert) -> bool:
-        """Queue an alert for the stream and the per-minute counters; ``False`` if dropped."""
-        minute = int(alert.time.timestamp()) // 60
+        """Queue an alert for the stream and the per-minute counters (detections only: a drift event is
+        listed, not counted); ``False`` if dropped."""
+        minute = int(alert.time.timestamp()) // 60 if alert.kind == "detection" else None
         return self._enqueue(("alert", alert.to_json(), alert.detector, alert.severity.value, minute))
 
     def observe_scores(self, detector: str, scores: Iterable[float], threshold: float) -> bool:
@@ -288,8 +289,9 @@ class DashboardStore:
                 _, payload, detector, severity, minute = op
                 pipe.xadd(k.stream, {"alert": payload}, maxlen=cfg.stream_maxlen, approximate=True)
                 pipe.expire(k.stream, cfg.state_ttl_s)
-                pipe.hincrby(k.rate(minute), f"{detector}|{severity}", 1)
-                pipe.expire(k.rate(minute), cfg.counter_ttl_s)
+                if minute is not None:
+                    pipe.hincrby(k.rate(minute), f"{detector}|{severity}", 1)
+                    pipe.expire(k.rate(minute), cfg.counter_ttl_s)
                 pipe.sadd(k.detectors, detector)
                 pipe.expire(k.detectors, cfg.state_ttl_s)
             elif kind == "scores":

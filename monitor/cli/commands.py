@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     from monitor.cli.detector_jobs import register as register_detector_jobs
 
     register_detector_jobs(sub)
+    from monitor.cli.samples_jobs import register as register_samples
+
+    register_samples(sub)  # after detector_jobs: it adds --thresholds-from to its calibrate
     from monitor.cli.feature_toolkit import register as register_feature_toolkit
 
     register_feature_toolkit(sub, sae)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alerts.dashboard.models import CalibrationSummary
+from alerts.dashboard.models import CalibrationSummary, DriftSummary
 from alerts.schema import Alert
 from detectors.spans import Span
 from detectors.spec import Aggregation, Kind
@@ -66,6 +66,8 @@ class DetectorInfo(BaseModel):
     n_latents: int = Field(description="Latents the detector reads.")
     status: str
     calibration: CalibrationSummary | None = None
+    drift: DriftSummary | None = Field(None, description="Live alert rate against the calibrated FPR (the drift "
+                                       "watch; None when drift.enabled is off).")
 
 
 class SkippedDetector(BaseModel):

@@ -564,9 +564,11 @@ def _detector_list(sidecar: Sidecar) -> DetectorList:
     from datetime import UTC, datetime
 
     gen = sidecar.generation
+    drift = sidecar.evaluate_drift(force=True)
     return DetectorList(
         model=sidecar.settings.model.id, hook=sidecar.settings.model.hook_name, sae_sha256=sidecar.sae.sha256,
         generation=gen.number, loaded_at=datetime.fromtimestamp(gen.loaded_at, UTC), source=gen.source,
-        monitored_latents=len(gen.latents), detectors=[detector_info(s) for s in gen.specs], skipped=sidecar.skipped,
+        monitored_latents=len(gen.latents), detectors=[detector_info(s, drift.get(s.name)) for s in gen.specs],
+        skipped=sidecar.skipped,
     )
 

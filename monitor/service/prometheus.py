@@ -25,6 +25,10 @@ FINISH_REASONS = ("final", "idle", "evicted", "reload", "shutdown")
 reload that retired its generation, or shutdown."""
 
 
+SAMPLE_DROP_REASONS = ("queue_full", "write_failed", "store_full")
+"""Why a traffic sample was lost or deleted (the ``reason`` label of ``traffic_samples_dropped_total``)."""
+
+
 class SidecarMetrics:
     """All sidecar metrics; ``registry`` is what ``/metrics`` serves."""
 
@@ -64,6 +68,22 @@ class SidecarMetrics:
         self.reloads = Counter(f"{p}_detector_reloads", "Detector reloads, by result.", ["result"], registry=r)
         self.detectors_loaded = Gauge(f"{p}_detectors_loaded", "Detectors currently scored.", registry=r)
         self.monitored_latents = Gauge(f"{p}_monitored_latents", "SAE latents computed per token.", registry=r)
+        self.live_alert_rate = Gauge(f"{p}_detector_live_alert_rate", "Share of the finished requests in the drift "
+                                     "window (default 1 h) that the detector alerted on.", ["detector"], registry=r)
+        self.drift_ratio = Gauge(f"{p}_detector_drift_ratio", "Live alert rate / the FPR the detector's calibration "
+                                 "guarantees (drifting: the rate's 95% interval lies above limit_factor x that bound).",
+                                 ["detector"], registry=r)
+        self.drifting = Gauge(f"{p}_detector_drifting", "1 while the detector's drift state is 'drifting'.",
+                              ["detector"], registry=r)
+        self.drift_events = Counter(f"{p}_detector_drift_events", "detector_drift events raised (one per entry "
+                                    "into 'drifting').", ["detector"], registry=r)
+        self.samples_recorded = Counter(f"{p}_traffic_samples_recorded", "Traffic samples written to the store.",
+                                        registry=r)
+        self.samples_dropped = Counter(f"{p}_traffic_samples_dropped", "Traffic samples lost: queue_full (the writer "
+                                       "fell behind), write_failed, store_full (oldest deleted to keep the bound).",
+                                       ["reason"], registry=r)
+        for reason in SAMPLE_DROP_REASONS:
+            self.samples_dropped.labels(reason)
         for reason in DROP_REASONS:
             self.batches_dropped.labels(reason)
         for reason in FINISH_REASONS:

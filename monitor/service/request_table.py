@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 
 from detectors.scoring import DetectorBank, open_block_counts
-from detectors.spans import ROLE_RESPONSE, SPANS, span_roles
+from detectors.spans import ROLE_PROMPT, ROLE_RESPONSE, SPANS, span_roles
 
 _NO_POSITION = 2**62
+_NO_ROLE = 255
 
 
 class TableFull(RuntimeError):
@@ -52,6 +53,10 @@ class RequestTable:
         """... and the position of that token (the alert's ``token_span.peak``)."""
         self._first = torch.full((2 * capacity,), _NO_POSITION, dtype=torch.int64)
         self._last = torch.full((2 * capacity,), -1, dtype=torch.int64)
+        self._turns = torch.zeros(capacity, dtype=torch.int32)
+        """``[capacity]`` role runs so far: a run of prompt or of response tokens, one message as the sidecar sees
+        it (a system prompt merges into the user turn that follows it). Traffic samples record it."""
+        self._last_role = torch.full((capacity,), _NO_ROLE, dtype=torch.uint8)
         self.alerted = torch.zeros(capacity, d, dtype=torch.bool)
         """``[capacity, n_detectors]``: this detector already alerted on the request in this slot."""
         self.last_seen = torch.zeros(capacity, dtype=torch.float64)
@@ -129,6 +134,8 @@ class RequestTable:
         self._last.index_fill_(0, rows, -1)
         self._peak_value.index_fill_(0, rows, -torch.inf)
         self._peak_position.index_fill_(0, rows, -1)
+        self._turns.index_fill_(0, idx, 0)
+        self._last_role.index_fill_(0, idx, _NO_ROLE)
         self.alerted.index_fill_(0, idx, False)
         self.in_use.index_fill_(0, idx, False)
         self._free.extend(slots)
@@ -169,6 +176,20 @@ class RequestTable:
         self._first.scatter_reduce_(0, key, pos, "amin")
         self._last.scatter_reduce_(0, key, pos, "amax")
         self._update_peaks(key, z, pos)
+        self._count_turns(slots, roles)
+
+    def _count_turns(self, slots: torch.Tensor, roles: torch.Tensor) -> None:
+        """Count role runs; a request's tokens are contiguous within one update (one chunk per step)."""
+        n = slots.shape[0]
+        first = torch.ones(n, dtype=torch.bool)
+        first[1:] = slots[1:] != slots[:-1]
+        prev = torch.empty_like(roles)
+        prev[1:] = roles[:-1]
+        prev[first] = self._last_role[slots[first]]
+        self._turns.index_add_(0, slots, (roles != prev).to(torch.int32))
+        last = torch.ones(n, dtype=torch.bool)
+        last[:-1] = first[1:]
+        self._last_role[slots[last]] = roles[last]
 
     def _update_peaks(self, key: torch.Tensor, z: torch.Tensor, pos: torch.Tensor) -> None:
         """Keep, per row and detector, the token contributing most to the score so far, and where it is."""
@@ -306,9 +327,17 @@ class RequestTable:
         """Tokens of the request aggregated so far (both roles)."""
         return int(self._count[2 * slot] + self._count[2 * slot + 1])
 
+    def role_counts(self, slot: int) -> tuple[int, int]:
+        """``(prompt, response)`` tokens of the request aggregated so far."""
+        return int(self._count[2 * slot + ROLE_PROMPT]), int(self._count[2 * slot + ROLE_RESPONSE])
+
+    def turns(self, slot: int) -> int:
+        """Role runs of the request so far (``_turns``): 2 for a user turn and a reply."""
+        return int(self._turns[slot])
+
     @property
     def nbytes(self) -> int:
         """Memory held by the table's tensors."""
         ts = (self._max, self._sum, self._count, self._first, self._last, self.alerted, self._block_max,
-              self._block_sum, self._peak_value, self._peak_position)
+              self._block_sum, self._peak_value, self._peak_position, self._turns, self._last_role)
         return sum(t.numel() * t.element_size() for t in ts)

@@ -89,6 +89,23 @@ class ScoreResult:
 
 
 @dataclass(frozen=True)
+class FinishedRequests:
+    """Requests just finalised, as ``on_finished`` sees them (on the worker thread, before their slots are
+    released, so ``generation.table`` still holds their aggregates)."""
+
+    generation: DetectorGeneration
+    request_ids: list[str]
+    slots: list[int]
+    """Their rows in ``generation.table``."""
+    scores: torch.Tensor
+    """``[m, n_detectors]`` final scores; NaN where the detector's span had no tokens."""
+    alerted: torch.Tensor
+    """``[m, n_detectors]`` bool: the detector alerted on the request."""
+    reason: str
+    """``final``, ``idle``, ``evicted``, ``reload`` or ``shutdown``."""
+
+
+@dataclass(frozen=True)
 class PipelineStats:
     """A snapshot for health endpoints."""
 
@@ -140,8 +157,12 @@ class ScoringPipeline:
         top_latents: int = 8,
         instance: str = "",
         source: str = "",
+        on_finished: Callable[[FinishedRequests], None] | None = None,
     ) -> None:
         self.sae = sae
+        self.on_finished = on_finished
+        """Called once per group of finalised requests (drift watch, traffic samples); must be quick, and an
+        exception in it is logged, never lost scoring."""
         self.model_id = model_id
         self.hook = hook
         self.emitter = emitter
@@ -306,7 +327,7 @@ class ScoringPipeline:
         now = time.monotonic()
         self._retire_generations()
         gen_now = self._current
-        if gen_now is not self._live[-1]:
+        if not self._live or gen_now is not self._live[-1]:  # empty: a sweep retired the old set after a reload
             self._live.append(gen_now)
         # One entry per (batch, request) chunk, in row order; a step never holds a request twice.
         ids: list[str] = []
@@ -497,6 +518,12 @@ class ScoringPipeline:
                     log.exception("could not build the alert of detector %s on request %s", g.specs[d].name, rid)
                     continue
                 late.append(PendingAlert(alert, time.perf_counter()))
+            if self.on_finished is not None:
+                try:
+                    self.on_finished(FinishedRequests(g, [rid for rid, _ in group], slots, scores,
+                                                      g.table.alerted.index_select(0, slot_t), reason))
+                except Exception:
+                    log.exception("the finished-requests hook failed")
             names = [s.name for s in g.specs]
             for (rid, _), row in zip(group, scores.tolist()):
                 out[rid] = {n: (None if math.isnan(v) else v) for n, v in zip(names, row)}

@@ -176,6 +176,38 @@ class AlertSettings(_Section):
     """Alerts waiting for the outbox commit; when full, scoring waits (alerts are never dropped here)."""
 
 
+class DriftSettings(_Section):
+    """The drift watch: each detector's live alert rate against the FPR its calibration guarantees
+    (``monitor/service/drift_watch.py``)."""
+
+    enabled: bool = True
+    """Watch every detector; on entering ``drifting`` raise one ``detector_drift`` event on the alert topic."""
+    window_s: float = Field(3600.0, ge=10, le=30 * 86_400)
+    """Length of the sliding window of finished requests, in seconds."""
+    min_requests: int = Field(200, ge=1, le=1_000_000_000)
+    """Requests the window needs before a detector is judged (``insufficient_data`` until then)."""
+    limit_factor: float = Field(2.0, ge=1, le=1000)
+    """``drifting`` when the live rate's 95% interval lies wholly above this many times the calibrated bound."""
+
+
+class SampleSettings(_Section):
+    """Traffic samples for recalibration (``calibrate --thresholds-from``): per detector the aggregated latent
+    features of a random share of finished requests, with token and turn counts; no text, no token ids."""
+
+    enabled: bool = False
+    """Record samples (off by default)."""
+    rate: float = Field(0.1, gt=0, le=1)
+    """Share of finished requests recorded."""
+    path: Path | None = None
+    """SQLite file; default ``traffic-samples.sqlite3`` beside the alert outbox (on its volume)."""
+    max_rows: int = Field(50_000, ge=100, le=100_000_000)
+    """Samples kept; the oldest are deleted (and counted) beyond this."""
+    queue_size: int = Field(4096, ge=1, le=1_000_000)
+    """Samples waiting for the writer; beyond this they are dropped and counted (scoring never waits)."""
+    seed: int | None = None
+    """Seed of the sampling draw (tests); ``null``: random."""
+
+
 class DashboardSettings(_Section):
     """The dashboard page and its JSON routes (``/dashboard``, ``/v1/dashboard/...``)."""
 
@@ -241,6 +273,10 @@ class Settings(BaseSettings):
     """Alert building and local sinks."""
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     """Dashboard routes."""
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    """The drift watch."""
+    samples: SampleSettings = Field(default_factory=SampleSettings)
+    """Traffic samples for recalibration."""
     kafka: KafkaConnection | None = None
     """Kafka cluster (see ``alerts.config.KafkaConnection``); ``None``: no Kafka publishing."""
     redis: RedisConnection | None = None

@@ -9,8 +9,10 @@ The FastAPI app (``monitor.service.app``) holds one ``Sidecar`` in ``app.state``
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -20,23 +22,27 @@ from pathlib import Path
 import torch
 
 from alerts.config import AlertsConfig
-from alerts.dashboard.models import CalibrationSummary, DetectorThreshold
+from alerts.dashboard.models import CalibrationSummary, DetectorThreshold, DriftSummary, histogram_bucket
 from alerts.delivery import AlertPipeline
 from alerts.outbox import AlertOutbox
 from alerts.prometheus import AlertMetricsCollector
+from alerts.schema import Alert, DriftDetails, Severity, TokenSpan
+from detectors.calibration.traffic_samples import SamplesError, TrafficSampleStore
 from detectors.spans import ROLE_PROMPT, ROLE_RESPONSE
 from detectors.spec import CalibrationRecord, DetectorSpec, SpecError, load_specs
 from monitor.sae import FrozenSAE, SAELoadError
-from monitor.service.alert_emitter import AlertEmitter
+from monitor.service.alert_emitter import AlertEmitter, PendingAlert
 from monitor.service.api_models import (
     DetectorInfo,
     Readiness,
     ReadinessCheck,
     SkippedDetector,
 )
+from monitor.service.drift_watch import DriftTransition, DriftWatch
 from monitor.service.prometheus import SidecarMetrics
-from monitor.service.scoring_pipeline import DetectorGeneration, ScoringPipeline
+from monitor.service.scoring_pipeline import DetectorGeneration, FinishedRequests, ScoringPipeline
 from monitor.service.settings import Settings
+from monitor.service.traffic_sampler import TrafficSampler
 from monitor.wire import ActivationBatch, WireLimits
 
 log = logging.getLogger(__name__)
@@ -110,18 +116,48 @@ def calibration_summary(record: CalibrationRecord | None) -> CalibrationSummary 
                               calibrated_at=record.date)
 
 
-def detector_info(spec: DetectorSpec) -> DetectorInfo:
+def detector_info(spec: DetectorSpec, drift: DriftSummary | None = None) -> DetectorInfo:
     return DetectorInfo(
         name=spec.name, version=spec.version, concept=spec.concept, description=spec.description,
         threshold=spec.threshold, severity_thresholds=dict(spec.severity_thresholds), aggregation=spec.aggregation,
         window=spec.window, kind=spec.kind, span=spec.span, n_latents=len(spec.latents), status=spec.status,
-        calibration=calibration_summary(spec.calibration),
+        calibration=calibration_summary(spec.calibration), drift=drift,
     )
 
 
-def _dashboard_threshold(spec: DetectorSpec, status: str = "ok") -> DetectorThreshold:
+def _dashboard_threshold(spec: DetectorSpec, status: str = "ok", drift: DriftSummary | None = None,
+                         calibration_histogram: list[int] | None = None) -> DetectorThreshold:
     return DetectorThreshold(detector=spec.name, version=spec.version, threshold=spec.threshold, concept=spec.concept,
-                             status=status, calibration=calibration_summary(spec.calibration))  # type: ignore[arg-type]
+                             status=status, calibration=calibration_summary(spec.calibration),  # type: ignore[arg-type]
+                             drift=drift, calibration_histogram=calibration_histogram)
+
+
+def calibration_histogram(spec: DetectorSpec, directory: Path | None, edges) -> list[int] | None:
+    """The benign calibration scores of ``spec`` in the dashboard's histogram buckets (score / threshold), read
+    from the calibration report beside the spec (``reports/<name>.json``, ``scores.calibration_benign``, as
+    ``calibrate`` and ``calibrate --thresholds-from`` write it); None when there is none for this threshold."""
+    if directory is None:
+        return None
+    path = Path(directory) / "reports" / f"{spec.name}.json"
+    try:
+        report = json.loads(path.read_text())
+        scores = report["scores"]["calibration_benign"]
+        if abs(float(report["threshold"]) - spec.threshold) > 1e-9 * max(1.0, abs(spec.threshold)):
+            return None  # the report of another calibration
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    counts = [0] * len(edges)
+    for v in scores:
+        counts[histogram_bucket(float(v), spec.threshold, edges)] += 1
+    return counts
+
+
+def samples_path(settings: Settings) -> Path:
+    """``samples.path``, else ``traffic-samples.sqlite3`` beside the alert outbox (on its volume)."""
+    if settings.samples.path is not None:
+        return settings.samples.path
+    outbox = Path(settings.alerts.outbox.path)
+    return (Path(".") if str(outbox) == ":memory:" else outbox.parent) / "traffic-samples.sqlite3"
 
 
 def build_alert_pipeline(settings: Settings) -> AlertPipeline:
@@ -161,13 +197,32 @@ class Sidecar:
         self.skipped = detectors.skipped
         self.emitter = AlertEmitter(alert_pipeline, metrics, queue_size=settings.alerts.queue_size)
         q, lim = settings.queue, settings.limits
+        self.drift = DriftWatch(window_s=settings.drift.window_s, min_requests=settings.drift.min_requests,
+                                limit_factor=settings.drift.limit_factor) if settings.drift.enabled else None
+        """Live alert rates against the calibrated FPR (None: ``drift.enabled`` is off)."""
+        self.sampler: TrafficSampler | None = None
+        """Traffic samples for recalibration (None: ``samples.enabled`` is off)."""
+        if settings.samples.enabled:
+            path = samples_path(settings)
+            try:
+                store = TrafficSampleStore(path, settings.samples.max_rows)
+            except (OSError, SamplesError, sqlite3.Error) as exc:
+                raise SidecarStartError(f"samples.path: cannot open the traffic-samples store {path}: {exc}") from exc
+            self.sampler = TrafficSampler(store, metrics, rate=settings.samples.rate,
+                                          queue_size=settings.samples.queue_size, seed=settings.samples.seed)
+        self._detector_dir = Path(detectors.source) if Path(detectors.source).is_dir() else None
+        self._calibration_histograms: dict[str, list[int] | None] = {}
+        self._published_states: dict[str, str] = {}
+        self._published_at = 0.0
         self.pipeline = ScoringPipeline(
             sae, detectors.specs, model_id=settings.model.id, hook=settings.model.hook_name, emitter=self.emitter,
             metrics=metrics, max_queue_batches=q.max_batches, max_queue_tokens=q.max_tokens,
             coalesce_tokens=q.coalesce_tokens, max_active_requests=lim.max_active_requests,
             remember_request_ids=lim.remember_request_ids, idle_timeout_s=lim.idle_timeout_s,
             top_latents=settings.alerts.top_latents, instance=settings.alerts.instance, source=detectors.source,
+            on_finished=self._on_finished if (self.drift is not None or self.sampler is not None) else None,
         )
+        self._watch(detectors.specs)
         self.wire_limits = WireLimits(max_bytes=lim.max_body_bytes, max_tokens=lim.max_tokens_per_batch,
                                       max_requests=lim.max_requests_per_batch, max_header_bytes=lim.max_header_bytes)
         self.started_at = time.monotonic()
@@ -222,6 +277,8 @@ class Sidecar:
             self._started = True
             self.alert_pipeline.start()
             self.emitter.start()
+            if self.sampler is not None:
+                self.sampler.start()
             self.pipeline.start()
             self._publish_thresholds()
         return self
@@ -233,6 +290,8 @@ class Sidecar:
             return
         self._started = False
         self.pipeline.stop(self.settings.server.shutdown_drain_s)
+        if self.sampler is not None:
+            self.sampler.close(5.0)
         if not self.emitter.close(10.0):
             log.error("alerts were still waiting for the outbox at shutdown")
         self.alert_pipeline.close(5.0)
@@ -257,12 +316,94 @@ class Sidecar:
                 raise SpecError(f"cannot read the detector directory: {exc}") from None
             new = self.pipeline.set_detectors(loaded.specs, loaded.source)
             self.skipped = loaded.skipped
+            self._detector_dir = directory
+            self._watch(loaded.specs)
             self.metrics.reloads.labels("ok").inc()
             self._publish_thresholds()
             return previous, new
 
-    def _publish_thresholds(self) -> None:
-        rows = [_dashboard_threshold(s) for s in self.generation.specs]
+    # ------------------------------------------------------------------ drift watch and traffic samples
+    def _watch(self, specs) -> None:
+        """Start watching ``specs`` (windows of unchanged detectors are kept) and read their calibration
+        histograms."""
+        edges = self._histogram_edges()
+        self._calibration_histograms = {s.name: calibration_histogram(s, self._detector_dir, edges) for s in specs}
+        if self.drift is None:
+            return
+        self.drift.set_detectors(list(specs))
+        names = {s.name for s in specs}
+        for gauge in (self.metrics.live_alert_rate, self.metrics.drift_ratio, self.metrics.drifting):
+            for (label,) in list(gauge._metrics):  # prometheus_client has no public listing of label sets
+                if label not in names:
+                    gauge.remove(label)
+
+    def _histogram_edges(self) -> tuple[float, ...]:
+        store = self.alert_pipeline.store
+        config = getattr(store, "config", None)
+        return tuple(getattr(config, "histogram_edges", ())) or (0.0, 0.5, 1.0, 2.0)
+
+    def _on_finished(self, finished: FinishedRequests) -> None:
+        """The scoring worker's hook, once per group of finalised requests."""
+        if self.sampler is not None:
+            self.sampler.offer(finished)
+        if self.drift is not None:
+            self.drift.observe(finished.generation.specs, finished.scores, finished.alerted)
+            if self.drift.due():
+                self.evaluate_drift()
+
+    def evaluate_drift(self, force: bool = False) -> dict[str, DriftSummary]:
+        """Slide the drift windows, raise a ``detector_drift`` event for each detector that has just entered
+        ``drifting``, update the gauges and (when states changed, else every few seconds) the dashboard.
+        Returns the detectors' drift summaries ({} without the drift watch)."""
+        if self.drift is None:
+            return {}
+        transitions = self.drift.evaluate(force=force)
+        snapshot = self.drift.snapshot()
+        if transitions is None:
+            return snapshot
+        for t in transitions:
+            self._raise_drift_event(t)
+        for name, d in snapshot.items():
+            self.metrics.live_alert_rate.labels(name).set(d.live_alert_rate if d.live_alert_rate is not None
+                                                          else float("nan"))
+            self.metrics.drift_ratio.labels(name).set(d.ratio if d.ratio is not None else float("nan"))
+            self.metrics.drifting.labels(name).set(1 if d.state == "drifting" else 0)
+        states = {name: d.state for name, d in snapshot.items()}
+        if states != self._published_states or time.monotonic() - self._published_at > 5.0:
+            self._publish_thresholds(snapshot)
+        return snapshot
+
+    def _raise_drift_event(self, t: DriftTransition) -> None:
+        d = t.summary
+        spec = next((s for s in self.generation.specs if s.name == t.detector), None)
+        limit = d.limit_factor * (d.calibrated_fpr_upper_bound or 0.0)
+        alert = Alert(
+            kind="detector_drift", model=self.settings.model.id, sae_sha256=self.sae.sha256, detector=t.detector,
+            detector_version=t.version, score=d.live_alert_rate or 0.0, threshold=limit, severity=Severity.HIGH,
+            request_id=f"detector-drift:{t.detector}:{t.version}:{int(d.since.timestamp()) if d.since else 0}",
+            token_span=TokenSpan(start=0, end=1), instance=self.settings.alerts.instance,
+            drift=DriftDetails(window_requests=d.window_requests, window_alerts=d.window_alerts, window_s=d.window_s,
+                               live_alert_rate=d.live_alert_rate or 0.0, live_rate_ci=d.live_rate_ci or (0.0, 1.0),
+                               calibrated_fpr_upper_bound=d.calibrated_fpr_upper_bound or 0.0,
+                               ratio=d.ratio or 0.0, limit_factor=d.limit_factor),
+        )
+        log.warning("detector %s v%s is drifting: it alerts on %.2f%% of requests (95%% CI %.2f-%.2f%%) against a "
+                    "calibrated FPR of at most %.2f%%; recalibrate (safety-monitor calibrate --thresholds-from)%s",
+                    t.detector, t.version, 100 * (d.live_alert_rate or 0), 100 * (d.live_rate_ci or (0, 0))[0],
+                    100 * (d.live_rate_ci or (0, 0))[1], 100 * (d.calibrated_fpr_upper_bound or 0),
+                    "" if spec is not None else " (detector no longer loaded)")
+        self.metrics.drift_events.labels(t.detector).inc()
+        self.emitter.submit([PendingAlert(alert, time.perf_counter())])
+
+    def _publish_thresholds(self, drift: dict[str, DriftSummary] | None = None) -> None:
+        if drift is None and self.drift is not None:
+            drift = self.drift.snapshot()
+        drift = drift or {}
+        self._published_states = {name: d.state for name, d in drift.items()}
+        self._published_at = time.monotonic()
+        rows = [_dashboard_threshold(s, drift=drift.get(s.name),
+                                     calibration_histogram=self._calibration_histograms.get(s.name))
+                for s in self.generation.specs]
         rows += [DetectorThreshold(detector=s.name, threshold=s.threshold, status="no_signal")
                  for s in self.skipped if s.status == "no_signal" and s.name and s.threshold is not None]
         try:

@@ -226,6 +226,21 @@ def test_reload_keeps_requests_in_flight_on_their_detectors(sae, sink):
         stop(p)
 
 
+def test_scoring_goes_on_after_a_reload_whose_old_detectors_were_retired_idle(sae, sink):
+    """Reload while nothing is in flight: the idle sweep retires the old set before any step has seen the new
+    one. (It left no live generation, and every later step failed.)"""
+    p = make_pipeline(sae, [make_spec(sae, "scam", threshold=2.0)], sink, idle_timeout_s=0.2)
+    try:
+        run(p, make_batch([("a", 3, True)], hot=3.0))
+        p.set_detectors([make_spec(sae, "scam", threshold=2.0, version="2")])
+        time.sleep(0.5)  # a sweep runs (every idle_timeout_s / 4)
+        run(p, make_batch([("b", 3, True)], hot=3.0))
+        wait_until(lambda: len(sink.alerts) == 2, what="the alert of the request after the reload")
+        assert sink.alerts[1].detector_version == "2" and p.worker_errors == 0
+    finally:
+        stop(p)
+
+
 def test_final_turn_alerts_name_the_role_they_scored(sae, sink):
     p = make_pipeline(sae, [make_spec(sae, "power", threshold=2.0, span="final_turn")], sink)
     try:
