@@ -43,7 +43,7 @@ def _collect(model, layer, run, request_ids, dtype=torch.float16, **track_kwargs
         with tap.track(request_ids, **track_kwargs):
             run()
         assert tap.flush(timeout=30)
-        assert tap.stats.chunks_dropped == 0 and tap.stats.sink_errors == 0
+        assert tap.stats.chunks_dropped == 0 and tap.stats.sink_errors == 0 and tap.stats.delivery_errors == 0
     return sink
 
 
@@ -180,10 +180,11 @@ def test_full_queue_drops_and_counts_without_blocking_the_forward(lm):
         s = tap.stats
         assert s.chunks_queued == 2 + 1  # two forwards and the end-of-request marker, which is never dropped
         assert s.chunks_dropped == 3
-        assert s.tokens_dropped == 3 * n_tok
-        assert s.tokens_seen == 5 * n_tok
         release.set()
         assert tap.flush(timeout=30)
+        # Token counts are kept by the delivery thread (the hook never reads the device): after the flush.
+        assert s.tokens_dropped == 3 * n_tok
+        assert s.tokens_seen == 5 * n_tok
         assert len(delivered) == 3 and all(b.n_tokens == n_tok for b in delivered[:2])
         assert delivered[-1].final == [True] and delivered[-1].n_tokens == 0
     finally:
@@ -250,3 +251,141 @@ def test_track_arguments_and_module_path(lm):
     with pytest.raises(ValueError, match="not a module"):
         resolve_module(model, "config.hidden_size")
     assert _no_tap_hooks(model)
+
+
+# ------------------------------------------------------------------------------------ encoding at the tap
+def _random_sae(d_in: int, d_sae: int = 256, seed: int = 0):
+    from monitor.sae import FrozenSAE, SAEConfig
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d_in, d_sae, generator=g) / d_in**0.5
+    weights = {"W_enc": w, "b_enc": torch.randn(d_sae, generator=g) * 0.1, "W_dec": w.T.contiguous(),
+               "b_dec": torch.randn(d_in, generator=g), "threshold": torch.rand(d_sae, generator=g) * 0.5}
+    return FrozenSAE(SAEConfig(d_in=d_in, d_sae=d_sae, architecture="jumprelu", apply_b_dec_to_input=True), weights)
+
+
+def test_latent_tap_ships_exactly_the_latents_of_the_raw_tap(lm):
+    """Encoding at the tap gives bit for bit what the sidecar computes from the activation batch."""
+    tok, model = lm.tokenizer, lm.model
+    tok.padding_side = "left"
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    sae = _random_sae(model.config.hidden_size)
+    latents = [200, 3, 77, 150, 9]
+    ids = ["a", "b", "c"]
+
+    def gen():
+        model.generate(**enc, max_new_tokens=5, do_sample=False)
+
+    raw = _collect(model, LAYER, gen, ids, attention_mask=enc.attention_mask).tokens_by_request()
+    sink = CollectingSink()
+    with ActivationTap(model, layer=LAYER, sink=sink, model_id="smollm2-135m-instruct", encoder=sae,
+                       latents=latents) as tap:
+        with tap.track(ids, attention_mask=enc.attention_mask):
+            gen()
+        assert tap.flush(timeout=30)
+        assert tap.stats.latent_tokens == sum(r.n_tokens for r in raw.values()) and tap.stats.raw_tokens == 0
+    assert all(b.is_latents and b.sae_sha256 == sae.sha256 for b in sink.batches)
+    got = sink.tokens_by_request()
+    for rid in ids:
+        r, z = raw[rid], got[rid]
+        assert z.latent_ids.tolist() == latents and z.activations.dtype == torch.float32
+        for name in ("token_ids", "positions", "roles"):
+            assert torch.equal(getattr(r, name), getattr(z, name)), (rid, name)
+        assert torch.equal(z.activations, sae.encode_latents(r.activations, latents)), rid
+        assert (z.activations > 0).any()
+    for b in sink.batches:
+        ActivationBatch.from_bytes(b.to_bytes())  # valid wire batches
+    # The end-of-request marker is a latent batch too.
+    assert sink.batches[-1].final == [True] * 3 and sink.batches[-1].is_latents
+
+
+def test_raw_share_ships_a_fixed_share_of_requests_as_activations(lm):
+    from monitor.lm.tap import raw_share_pick
+
+    enc = lm.tokenizer(["a few words here"] * 8, return_tensors="pt")
+    ids = [f"req-{i}" for i in range(8)]
+    raw_ids = {r for r in ids if raw_share_pick(r, 0.5)}
+    assert 0 < len(raw_ids) < 8 and raw_ids == {r for r in ids if raw_share_pick(r, 0.5)}  # deterministic
+    sae = _random_sae(lm.model.config.hidden_size)
+    sink = CollectingSink()
+    with ActivationTap(lm.model, layer=LAYER, sink=sink, encoder=sae, latents=[1, 2], raw_share=0.5) as tap:
+        with tap.track(ids, attention_mask=enc.attention_mask):
+            lm.model(**enc)
+        assert tap.flush(timeout=30)
+    kinds = {}
+    for b in sink.batches:
+        for rid in b.request_ids:
+            kinds.setdefault(rid, set()).add(b.kind)
+    assert {r for r, k in kinds.items() if k == {"activations"}} == raw_ids
+    assert {r for r, k in kinds.items() if k == {"latents"}} == set(ids) - raw_ids
+    raw_batch = next(b for b in sink.batches if not b.is_latents and b.n_tokens)
+    assert raw_batch.d_in == lm.model.config.hidden_size and raw_batch.sae_sha256 == sae.sha256
+    with pytest.raises(ValueError, match="together"):
+        ActivationTap(lm.model, layer=LAYER, sink=sink, encoder=sae)
+    assert _no_tap_hooks(lm.model)
+
+
+class _RecordingCopier:
+    """Stands in for the CUDA side-stream copier: records what the hook hands over, returns host zeros and an
+    event that the delivery thread must wait on."""
+
+    stream = "side"
+
+    def __init__(self):
+        self.handed: list[list] = []
+        self.events: list[threading.Event] = []
+
+    def copy(self, tensors):
+        self.handed.append(tensors)
+        waited = threading.Event()
+        self.events.append(waited)
+
+        class Event:
+            def synchronize(self):
+                waited.set()
+
+        return [None if t is None else torch.zeros(t.shape, dtype=t.dtype) for t in tensors], Event()
+
+
+@pytest.mark.parametrize("encode", [False, True])
+def test_the_hook_never_reads_device_memory(encode):
+    """The hook runs on meta tensors (no data at all: reading any value, a boolean mask index, .item(), .tolist()
+    or a copy to the host raises), so it cannot synchronise with a device; the delivery thread waits on each
+    chunk's event before it reads the rows."""
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.layers = torch.nn.ModuleList([torch.nn.Identity()])
+
+    d, latents = 8, [5, 1, 6]
+    sae = _random_sae(d, 16)
+    if encode:
+        from monitor.sae import FrozenSAE
+
+        sae = FrozenSAE(sae.cfg, {n: t for n, t in sae.weights.items()}, device="meta", dtype=torch.float32)
+        sae.sha256 = "c" * 64
+    sink = CollectingSink()
+    copier = _RecordingCopier()
+    tap = ActivationTap(Tiny(), layer=0, sink=sink, model_id="tiny", **({"encoder": sae, "latents": latents}
+                                                                          if encode else {}))
+    tap.device, tap._copier = torch.device("meta"), copier
+    try:
+        mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+        with tap.track(["x", "y"], attention_mask=mask):
+            tap._step_inputs = (torch.empty(2, 4, dtype=torch.int64, device="meta"), None)
+            tap._on_layer_output(None, (), (torch.empty(2, 4, d, device="meta"),))  # prefill
+            for _ in range(3):  # decode steps
+                tap._step_inputs = (torch.empty(2, 1, dtype=torch.int64, device="meta"), None)
+                tap._on_layer_output(None, (), torch.empty(2, 1, d, device="meta"))
+        assert tap.flush(timeout=30)
+    finally:
+        tap.close()
+    assert len(copier.handed) == 4 and all(e.is_set() for e in copier.events)
+    ids_handed, _, rows = copier.handed[0]
+    assert ids_handed.device.type == "meta" and rows.device.type == "meta"
+    # The prefill's padding was dropped on the device (7 of 8 rows handed over), decode rows all handed.
+    assert rows.shape == ((7, len(latents)) if encode else (7, d))
+    assert [b.n_tokens for b in sink.batches] == [7, 2, 2, 2, 0]
+    assert [b.positions.tolist() for b in sink.batches[:2]] == [[0, 1, 2, 0, 1, 2, 3], [3, 4]]
+    assert all(b.is_latents == encode for b in sink.batches)

@@ -5,7 +5,8 @@
                   full: drop + count)              after the first queued chunk; keep-alive client)
 
 Coalescing joins the chunks of many requests (prefills and one-token decode steps) into one wire
-batch, each request once with its rows in order. A failed POST (connection error, 429, 5xx) is
+batch, each request once with its rows in order; activation and latent chunks (an encoding tap that
+ships a share of requests raw) are coalesced into one batch of each kind. A failed POST (connection error, 429, 5xx) is
 retried briefly (``retries``, honouring ``Retry-After`` up to ``max_retry_wait_s``), then dropped and
 counted; while the sender waits, new chunks pile up in the queue and are dropped when it is full, so
 the model is never slowed down by the monitor.
@@ -181,6 +182,13 @@ class HttpActivationSink:
     def _send(self, chunks: list[ActivationBatch]) -> None:
         if not chunks:
             return
+        by_kind: dict[tuple[int, ...] | None, list[ActivationBatch]] = {}
+        for c in chunks:
+            by_kind.setdefault(c.kind_key(), []).append(c)
+        for group in by_kind.values():
+            self._send_one_kind(group)
+
+    def _send_one_kind(self, chunks: list[ActivationBatch]) -> None:
         try:
             batch = self._drop_unshipped_finals(coalesce(chunks))
         except Exception as exc:  # noqa: BLE001 - never let a bad chunk kill the sender
@@ -275,7 +283,7 @@ def _without_empty(batch: ActivationBatch, keep: list[int]) -> ActivationBatch:
         activations=batch.activations, token_ids=batch.token_ids, positions=batch.positions, roles=batch.roles,
         offsets=torch.tensor(offsets, dtype=torch.int64),
         request_ids=[batch.request_ids[i] for i in keep], final=[batch.final[i] for i in keep], model=batch.model,
-        hook=batch.hook, sae_sha256=batch.sae_sha256,
+        hook=batch.hook, sae_sha256=batch.sae_sha256, latent_ids=batch.latent_ids,
     )
 
 

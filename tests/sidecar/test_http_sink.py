@@ -182,3 +182,37 @@ def test_against_a_live_sidecar_the_alert_fires(live_url, sidecar):
     lines = wait_until(lambda: sidecar.settings.alerts.jsonl_path.read_text().splitlines()
                        if sidecar.settings.alerts.jsonl_path.exists() else None, timeout_s=10)
     assert json.loads(lines[0])["request_id"] == "live-1"
+
+
+def _latents(batch: ActivationBatch, sae, latents) -> ActivationBatch:
+    z = sae.encode_latents(batch.activations, latents)
+    return ActivationBatch(**{**batch.__dict__, "activations": z, "latent_ids": torch.tensor(latents, dtype=torch.int32),
+                              "sae_sha256": sae.sha256})
+
+
+def test_activation_and_latent_chunks_are_coalesced_by_kind(sae):
+    rec = Recorder()
+    latents = [1, 17, 5]
+    with make_sink(rec, batch_tokens=10_000, linger_ms=10_000) as sink:
+        sink(make_batch([("raw-1", 3, False)]))
+        sink(_latents(make_batch([("lat-1", 4, False), ("lat-2", 2, False)]), sae, latents))
+        sink(make_batch([("raw-1", 1, False)], start={"raw-1": 3}))
+        sink(_latents(make_batch([("lat-1", 1, False)], start={"lat-1": 4}), sae, latents))
+        sink(_latents(make_batch([("lat-1", 0, True), ("lat-2", 0, True)]), sae, latents))
+        assert sink.flush(5)
+    assert [(b.kind, b.request_ids, b.n_tokens) for b in rec.batches] == [
+        ("activations", ["raw-1"], 4), ("latents", ["lat-1", "lat-2"], 7)]
+    assert rec.batches[1].final == [True, True] and rec.batches[1].latent_ids.tolist() == latents
+
+
+def test_latent_batches_against_a_live_sidecar_alert(live_url, sidecar, sae):
+    latents = list(sidecar.generation.latents)
+    cfg = HttpSinkConfig(url=live_url, token=INGEST, linger_ms=2)
+    with HttpActivationSink(cfg) as sink:
+        sink(_latents(make_batch([("live-lat", 4, False)], hot=3.0), sae, latents))
+        sink(_latents(make_batch([("live-lat", 0, True)]), sae, latents))
+        assert sink.flush(10)
+        assert sink.stats.posts_ok >= 1 and sink.stats.tokens_sent == 4, sink.stats
+    lines = wait_until(lambda: sidecar.settings.alerts.jsonl_path.read_text().splitlines()
+                       if sidecar.settings.alerts.jsonl_path.exists() else None, timeout_s=10)
+    assert json.loads(lines[0])["request_id"] == "live-lat"
