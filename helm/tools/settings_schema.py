@@ -35,6 +35,8 @@ OWNED: dict[str, dict[str, str]] = {
     "sae": {"*": "sae.*"},
     "auth": {"*": "auth.existingSecret"},
     "detectors": {"dir": "detectors.*"},
+    "samples": {"enabled": "samples.enabled", "rate": "samples.rate", "max_rows": "samples.maxRows",
+                "path": "(on the outbox volume)"},
     "kafka": {
         "bootstrap_servers": "kafka.bootstrapServers",
         "security_protocol": "kafka.securityProtocol",

@@ -19,16 +19,22 @@ EXIT_REFUSED = 3
 """``calibrate --thresholds-from``: some detector was refused (too few samples); the others were written."""
 
 
+def _sidecar_settings(path: str):
+    """The sidecar's settings file, for its paths only (the tokens it needs are not: auth is switched off)."""
+    from monitor.service.settings import load_settings
+
+    return load_settings(path, auth={"disabled": True})
+
+
 def _store_path(args: argparse.Namespace) -> Path:
     from monitor.cli.common import UsageError
 
     if args.store:
         return Path(args.store)
     if args.config:
-        from monitor.service.settings import load_settings
         from monitor.service.sidecar import samples_path
 
-        return samples_path(load_settings(args.config))
+        return samples_path(_sidecar_settings(args.config))
     raise UsageError("name the store: --store PATH, or --config SIDECAR_YAML (samples.path, else "
                      "traffic-samples.sqlite3 beside alerts.outbox.path)")
 
@@ -93,6 +99,13 @@ def _spec_files(directory: Path):
         yield path, DetectorSpec.load(path)
 
 
+def _copy(path: Path, directory: Path) -> None:
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, directory / path.name)
+
+
 def cmd_recalibrate(args: argparse.Namespace) -> int:
     """``calibrate --thresholds-from SAMPLES``."""
     from detectors.calibration.recalibrate import markdown_report, recalibrate
@@ -102,8 +115,17 @@ def cmd_recalibrate(args: argparse.Namespace) -> int:
     from monitor.cli.common import UsageError
     from monitor.cli.detector_jobs import default_detectors_dir
 
-    det_dir = Path(args.detectors) if args.detectors else default_detectors_dir(
-        Path(args.sae) if args.sae else default_sae_dir())
+    if args.detectors:
+        det_dir = Path(args.detectors)
+    elif args.config:  # the directory the sidecar reads: detectors.dir, else beside its SAE
+        from monitor.service.sidecar import SidecarStartError, resolve_detector_dir
+
+        try:
+            det_dir = resolve_detector_dir(_sidecar_settings(args.config))
+        except SidecarStartError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        det_dir = default_detectors_dir(Path(args.sae) if args.sae else default_sae_dir())
     if det_dir is None or not det_dir.is_dir():
         raise UsageError(f"no detector specs at {det_dir}; pass --detectors DIR (the sidecar's detectors.dir)")
     try:
@@ -115,14 +137,19 @@ def cmd_recalibrate(args: argparse.Namespace) -> int:
     results, written = [], []
     out = Path(args.out) if args.out else (Path("recalibration") if args.dry_run else det_dir)
     spec_out = out / "proposed" if args.dry_run else out
+    complete = not args.dry_run and spec_out.resolve() != det_dir.resolve()
     for path, spec in specs:
         if spec.status != "enabled" or (wanted and spec.name not in wanted):
+            if complete:  # OUT becomes a whole detector directory: the specs left as they were go along
+                _copy(path, spec_out)
             continue
         r = recalibrate(spec, samples, target_fpr=args.target_fpr)
         results.append(r)
         if r.spec is None:
+            if complete:
+                _copy(path, spec_out)
             continue
-        target = spec_out / (path.name if spec_out == det_dir else f"{spec.name}.json")
+        target = spec_out / path.name
         r.spec.save(target)
         report = {"detector": spec.name, "threshold": r.spec.threshold, "version": r.spec.version,
                   "recalibration": r.to_dict(), "scores": {"calibration_benign": r.benign_scores}}
@@ -177,7 +204,10 @@ def register(sub) -> None:
     cal.add_argument("--thresholds-from", metavar="SAMPLES",
                      help="re-set the thresholds and severity cut-offs of the existing specs (--detectors) on traffic "
                           "samples (a store or an export), keeping latents and weights; no model is run")
-    cal.add_argument("--detectors", help="with --thresholds-from: the spec directory (default: <sae>/detectors)")
+    cal.add_argument("--detectors", help="with --thresholds-from: the spec directory (default: the one of --config, "
+                                          "else <sae>/detectors)")
+    cal.add_argument("--config", help="with --thresholds-from: the sidecar's settings file; its detector directory "
+                                      "is used (detectors.dir, else beside the SAE)")
     cal.add_argument("--dry-run", action="store_true",
                      help="with --thresholds-from: write the proposed specs to OUT/proposed and the report to "
                           "OUT/proposed/reports/recalibration.md (default OUT: ./recalibration); apply nothing")
@@ -190,8 +220,8 @@ def register(sub) -> None:
 
         if args.thresholds_from:
             return cmd_recalibrate(args)
-        if args.dry_run or args.detectors or args.concepts_or_names:
-            raise UsageError("--detectors, --dry-run and --only belong to --thresholds-from")
+        if args.dry_run or args.detectors or args.concepts_or_names or args.config:
+            raise UsageError("--detectors, --config, --dry-run and --only belong to --thresholds-from")
         if args.target_fpr is None:
             args.target_fpr = 0.01
         return offline(args)

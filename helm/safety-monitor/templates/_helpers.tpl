@@ -96,6 +96,7 @@ true
 {{- define "safety-monitor.detectorsDir" -}}/etc/safety-monitor/detectors{{- end }}
 {{- define "safety-monitor.saeDir" -}}/var/lib/safety-monitor/sae{{- end }}
 {{- define "safety-monitor.outboxDir" -}}/var/lib/safety-monitor/outbox{{- end }}
+{{- define "safety-monitor.samplesFile" -}}/var/lib/safety-monitor/outbox/traffic-samples.sqlite3{{- end }}
 {{- define "safety-monitor.cacheDir" -}}/var/cache/safety-monitor{{- end }}
 {{- define "safety-monitor.kafkaTlsDir" -}}/etc/safety-monitor/kafka-tls{{- end }}
 {{- define "safety-monitor.redisTlsDir" -}}/etc/safety-monitor/redis-tls{{- end }}
@@ -192,6 +193,17 @@ Checks that templates cannot express in the schema; each failure says which valu
 {{- if and $v.webhookRouter.enabled (not (and $v.kafka.enabled $v.redis.enabled)) -}}
 {{- fail "webhookRouter.enabled needs kafka.enabled (it consumes the alert topic) and redis.enabled (subscriptions live there)" -}}
 {{- end -}}
+{{- if $v.recalibration.enabled -}}
+{{- if not $v.samples.enabled -}}
+{{- fail "recalibration.enabled needs samples.enabled: it recalibrates on the traffic samples the sidecar records" -}}
+{{- end -}}
+{{- if not (and (eq $v.mode "deployment") $v.outbox.persistence.enabled $v.outbox.persistence.existingClaim) -}}
+{{- fail "recalibration.enabled needs mode=deployment with outbox.persistence.existingClaim: the job reads the samples from the outbox volume" -}}
+{{- end -}}
+{{- if not $v.recalibration.output.claimName -}}
+{{- fail "recalibration.enabled needs recalibration.output.claimName (a PVC for the export, the proposed specs and the report)" -}}
+{{- end -}}
+{{- end -}}
 {{- if and $v.calibration.enabled (not (and $v.calibration.data.claimName $v.calibration.output.claimName)) -}}
 {{- fail "calibration.enabled needs calibration.data.claimName and calibration.output.claimName (PVCs with the labelled data and for the results)" -}}
 {{- end -}}
@@ -241,6 +253,9 @@ The schema rejects the owned keys inside `config`, so nothing is silently overri
 {{- end -}}
 {{- $_ := set $owned "kafka" $k -}}
 {{- $_ := set $owned.alerts "publisher" (dict "topic" $v.kafka.topic "per_detector_topics" $v.kafka.perDetectorTopics) -}}
+{{- end -}}
+{{- if $v.samples.enabled -}}
+{{- $_ := set $owned "samples" (dict "enabled" true "rate" $v.samples.rate "max_rows" (int $v.samples.maxRows) "path" (include "safety-monitor.samplesFile" .)) -}}
 {{- end -}}
 {{- if $v.redis.enabled -}}
 {{- $r := dict "url" $v.redis.url -}}
