@@ -286,3 +286,87 @@ def test_corrupt_files_give_sae_load_error(kit, tmp_path, fmt, filename):
     (written.path / filename).write_bytes(b"\x00garbage, not a weights file\xff" * 3)
     with pytest.raises(SAELoadError, match=f"{fmt}|not valid JSON"):
         FrozenSAE.load(written.path)
+
+
+# ------------------------------------------------------------------------------------ sliced loading
+@pytest.mark.parametrize("arch", list(SAME_WEIGHTS))
+def test_sliced_load_equals_the_full_sae_from_every_format(kit, tmp_path, arch):
+    w = kit.random_weights(arch, seed=31)
+    x = kit.random_inputs(40, seed=32)
+    latents = [kit.D_SAE - 1, 0, 7, 3, 7]
+    for i, write in enumerate(SAME_WEIGHTS[arch]):
+        written = write(kit, tmp_path / str(i), w)
+        full = FrozenSAE.load(written.path)
+        part = FrozenSAE.load(written.path, latents=latents, expected_sha256=full.sha256)
+        assert part.sha256 == full.sha256, written.fmt  # the pin covers the whole SAE, not the slice
+        for ask in ([3, 7], [kit.D_SAE - 1, 0, 3], latents):
+            assert torch.equal(part.encode_latents(x, ask), full.encode_latents(x, ask)), (written.fmt, ask)
+        if arch == "topk":  # needs every column to pick the k largest: loaded whole
+            assert part.loaded_latents is None
+            continue
+        assert part.loaded_latents == (0, 3, 7, kit.D_SAE - 1)
+        assert part.weights["W_enc"].shape == (kit.D_IN, 4) and "W_dec" not in part.weights
+        with pytest.raises(ValueError, match=r"latents \[5\] were not loaded"):
+            part.encode_latents(x, [3, 5])
+        for call in (lambda p=part: p.encode(x), lambda p=part: p.decode(torch.zeros(1, kit.D_SAE)),
+                     lambda p=part: p.save(tmp_path / "again")):
+            with pytest.raises(RuntimeError, match="loaded with only 4 of its"):
+                call()
+
+
+def test_sliced_load_of_a_log_threshold_file_keeps_the_pin(kit, tmp_path):
+    w = kit.random_weights("jumprelu", seed=33)
+    path = kit.write_saelens(tmp_path / "a", "jumprelu", w, apply_b_dec=False, log_threshold=True).path
+    full = FrozenSAE.load(path)
+    part = FrozenSAE.load(path, latents=[1, 2])
+    assert part.sha256 == full.sha256
+    x = kit.random_inputs(16)
+    assert torch.equal(part.encode_latents(x, [2, 1]), full.encode_latents(x, [2, 1]))
+
+
+def test_sliced_load_hashes_what_it_does_not_keep(kit, tmp_path):
+    """A changed decoder weight (never loaded by a slice) still changes the pin: the expected hash refuses it."""
+    w = kit.random_weights("jumprelu", seed=34)
+    path = kit.write_saelens(tmp_path / "a", "jumprelu", w, apply_b_dec=False).path
+    pinned = FrozenSAE.load(path).sha256
+    weights_file = next(p for p in path.iterdir() if p.suffix == ".safetensors") if path.is_dir() else path
+    tensors = load_file(str(weights_file))
+    tensors["W_dec"][5, 3] += 1e-3
+    save_file(tensors, str(weights_file))
+    with pytest.raises(SAELoadError, match=f"but {pinned} was expected"):
+        FrozenSAE.load(path, latents=[1, 2], expected_sha256=pinned)
+    assert FrozenSAE.load(path, latents=[1, 2]).sha256 == FrozenSAE.load(path).sha256 != pinned
+    with pytest.raises(SAELoadError, match="latents must lie in"):
+        FrozenSAE.load(path, latents=[kit.D_SAE])
+    # A truncated file is refused, not half-read.
+    data = weights_file.read_bytes()
+    weights_file.write_bytes(data[:-100])
+    with pytest.raises(SAELoadError, match="truncated"):
+        FrozenSAE.load(path, latents=[1, 2])
+
+
+def test_sliced_load_streams_the_file(tmp_path):
+    """Peak Python-heap use while slicing a 64 MB SAE stays at one read chunk, whatever the dictionary size."""
+    import tracemalloc
+
+    from monitor.sae.formats import write_saelens
+
+    d_in, d_sae = 256, 65_536
+    g = torch.Generator().manual_seed(0)
+    w_enc = (torch.randn(d_in, d_sae, generator=g) * 0.05).half()
+    weights = {"W_enc": w_enc, "b_enc": torch.zeros(d_sae, dtype=torch.float16), "W_dec": w_enc.T.contiguous(),
+               "b_dec": torch.zeros(d_in, dtype=torch.float16), "threshold": torch.full((d_sae,), 0.1).half()}
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture="jumprelu")
+    write_saelens(tmp_path / "big", cfg, weights)
+    want = weights_sha256(weights, cfg)
+    cols = w_enc[:, [5, 60_000]].float()
+    del weights, w_enc
+    tracemalloc.start()
+    try:
+        part = FrozenSAE.load(tmp_path / "big", latents=[60_000, 5])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert part.sha256 == want
+    assert torch.equal(part.weights["W_enc"], cols)
+    assert peak < 20 << 20, peak  # the file is 64 MB

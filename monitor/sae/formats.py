@@ -15,13 +15,16 @@ dictionary_learning       ``ae.pt`` + ``config.json``                   always (
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from monitor.sae.config import SAEConfig, SAELoadError
+from monitor.sae.config import SAEConfig, SAELoadError, check_weights
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_CFG = "cfg.json"
@@ -84,17 +87,27 @@ def read_saelens(d: Path) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     """SAELens ≥ 6 (nested ``metadata``) and the older flat cfg (``activation_fn_str`` …)."""
     raw = _read_json(d / SAELENS_CFG)
     weights = load_file(str(d / SAELENS_WEIGHTS))
+    arch = _saelens_architecture(raw)
+    if "log_threshold" in weights:
+        weights["threshold"] = weights.pop("log_threshold").exp()
+    if arch == "gated" and "b_gate" in weights:
+        weights["b_enc"] = weights.pop("b_gate")
+    return _saelens_config(raw, arch, weights, d), weights
+
+
+def _saelens_architecture(raw: dict) -> str:
     arch_name = raw.get("architecture", "standard")
     if arch_name not in _SAELENS_ARCH:
         raise SAELoadError(f"SAELens architecture {arch_name!r} is not supported ({', '.join(_SAELENS_ARCH)})")
     arch = _SAELENS_ARCH[arch_name]
     if raw.get("activation_fn_str") == "topk" and arch == "relu":
         arch = "topk"
+    return arch
+
+
+def _saelens_config(raw: dict, arch: str, weights: dict[str, torch.Tensor], d: Path) -> SAEConfig:
+    """The config of a SAELens SAE from ``cfg.json`` and its canonical tensors (only shapes are read)."""
     k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k")
-    if "log_threshold" in weights:
-        weights["threshold"] = weights.pop("log_threshold").exp()
-    if arch == "gated" and "b_gate" in weights:
-        weights["b_enc"] = weights.pop("b_gate")
     meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     norm = raw.get("normalize_activations") or "none"
     scale = float(raw.get("activation_scale", 1.0))
@@ -118,7 +131,105 @@ def read_saelens(d: Path) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     )
     if arch == "topk" and cfg.k is None:
         raise SAELoadError(f"{d / SAELENS_CFG}: a topk SAE needs k (\"k\" or activation_fn_kwargs.k)")
-    return cfg, weights
+    return cfg
+
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_PER_LATENT = ("b_enc", "threshold", "r_mag", "b_mag")
+_CHUNK_BYTES = 16 << 20
+
+
+def read_saelens_slice(d: Path, latents: Sequence[int]) -> tuple[SAEConfig, dict[str, torch.Tensor], str] | None:
+    """A SAELens SAE holding only the encoder columns ``latents`` (sorted ascending), read in one streaming
+    pass over ``sae_weights.safetensors`` that also computes the sha256 of the whole SAE (the same value
+    ``weights_sha256`` gives the fully loaded weights): ``(cfg, weights, sha256)``.
+
+    ``weights``: ``W_enc [d_in, |S|]``, ``b_dec [d_in]`` and the per-latent tensors (``b_enc``, ``threshold``,
+    ``r_mag``, ``b_mag``) at ``latents``; no decoder. The file is read in chunks of whole ``W_enc`` rows
+    (16 MB), so memory stays at the slice plus one chunk however large the dictionary. None for TopK,
+    which needs every column (load it whole)."""
+    raw = _read_json(d / SAELENS_CFG)
+    arch = _saelens_architecture(raw)
+    path = d / SAELENS_WEIGHTS
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise SAELoadError(f"{path} is too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100 << 20:
+            raise SAELoadError(f"{path}: safetensors header of {n} bytes is implausible (corrupt file?)")
+        header = json.loads(f.read(n))
+    base = 8 + n
+    header.pop("__metadata__", None)
+    source = {name: name for name in header}  # canonical name -> name in the file
+    if "log_threshold" in source:
+        source["threshold"] = source.pop("log_threshold")
+    if arch == "gated" and "b_gate" in source:
+        source["b_enc"] = source.pop("b_gate")
+    try:
+        dtypes = {c: _ST_DTYPES[header[src]["dtype"]] for c, src in source.items()}
+    except KeyError as exc:
+        raise SAELoadError(f"{path}: tensor dtype {exc} is not a float type an SAE can hold") from None
+    shapes = {c: tuple(header[src]["shape"]) for c, src in source.items()}
+    shaped = {c: torch.empty(shapes[c], dtype=dtypes[c], device="meta") for c in source}
+    cfg = _saelens_config(raw, arch, shaped, d)
+    check_weights(cfg, shaped)
+    if cfg.architecture == "topk":
+        return None
+    idx = torch.tensor(sorted({int(i) for i in latents}), dtype=torch.long)
+    if idx.numel() and (int(idx[0]) < 0 or int(idx[-1]) >= cfg.d_sae):
+        raise SAELoadError(f"latents must lie in [0, {cfg.d_sae}) for this SAE, got {int(idx[0])}..{int(idx[-1])}")
+    h = hashlib.sha256()
+    h.update(json.dumps(cfg.encoding_fields(), sort_keys=True).encode())
+    out: dict[str, torch.Tensor] = {}
+    with path.open("rb", buffering=0) as f:
+        for name in sorted(source):  # the order weights_sha256 hashes in
+            dtype, shape = dtypes[name], shapes[name]
+            begin, end = header[source[name]]["data_offsets"]
+            h.update(f"\0{name}\0{dtype}\0{list(shape)}\0".encode())
+            f.seek(base + begin)
+            if name in ("W_enc", "W_dec"):
+                cols = _stream_rows(f, end - begin, shape, dtype, h, idx if name == "W_enc" else None)
+                if cols is not None:
+                    out[name] = cols
+                continue
+            t = _read_exact(f, end - begin, path, dtype, shape)
+            if name == "threshold" and source[name] == "log_threshold":
+                t = t.exp()  # the canonical tensor is what gets hashed, as in read_saelens
+            h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
+            out[name] = t[idx].clone() if name in _PER_LATENT and t.ndim == 1 else t
+    return cfg, out, h.hexdigest()
+
+
+def _read_exact(f, nbytes: int, path: Path, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    buf = bytearray(nbytes)
+    if f.readinto(buf) != nbytes:
+        raise SAELoadError(f"{path} is truncated")
+    return torch.frombuffer(buf, dtype=dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
+
+
+def _stream_rows(f, nbytes: int, shape: tuple[int, ...], dtype: torch.dtype, h, cols: torch.Tensor | None
+                 ) -> torch.Tensor | None:
+    """Hash a 2-D tensor's bytes in chunks of whole rows; with ``cols``, keep those columns ``[rows, |cols|]``."""
+    n_rows, width = shape
+    row_bytes = width * dtype.itemsize
+    per_chunk = max(1, _CHUNK_BYTES // max(row_bytes, 1))
+    buf = bytearray(min(per_chunk, max(n_rows, 1)) * row_bytes)
+    view = memoryview(buf)
+    kept = []
+    done = 0
+    while done < n_rows:
+        rows = min(per_chunk, n_rows - done)
+        part = view[: rows * row_bytes]
+        if f.readinto(part) != len(part):
+            raise SAELoadError(f"{f.name} is truncated")
+        h.update(part)
+        if cols is not None:
+            kept.append(torch.frombuffer(part, dtype=dtype).view(rows, width).index_select(1, cols))
+        done += rows
+    if cols is None:
+        return None
+    return torch.cat(kept) if kept else torch.empty(0, cols.numel(), dtype=dtype)
 
 
 def write_saelens(d: Path, cfg: SAEConfig, weights: dict[str, torch.Tensor]) -> Path:

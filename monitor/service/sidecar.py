@@ -105,6 +105,18 @@ def read_detectors(directory: Path | None, sae: FrozenSAE, *, force_no_signal: b
     return DetectorLoad(specs, skipped, str(directory))
 
 
+def _detector_latents(settings: Settings) -> list[int] | None:
+    """The union of the latents of the detector specs the settings point at; None (load every latent) when
+    they cannot be read here (``read_detectors`` then reports why)."""
+    try:
+        directory = resolve_detector_dir(settings)
+        if directory is None:
+            return []
+        return sorted({lat for p in Path(directory).glob("*.json") for lat in DetectorSpec.load(p).latents})
+    except (SidecarStartError, SpecError, OSError, ValueError):
+        return None
+
+
 def calibration_summary(record: CalibrationRecord | None) -> CalibrationSummary | None:
     """The published view of a spec's calibration record (API and dashboard): the one conversion."""
     if record is None:
@@ -248,7 +260,9 @@ class Sidecar:
         if not Path(path).exists():
             raise SidecarStartError(f"sae.path: {path} does not exist")
         try:
-            sae = FrozenSAE.load(path, expected_sha256=expected)
+            # Only the detectors' latents are ever encoded: hold just their encoder columns (the pin still
+            # covers the whole file). A 131k-latent SAE then costs megabytes, not gigabytes.
+            sae = FrozenSAE.load(path, expected_sha256=expected, latents=_detector_latents(settings))
         except SAELoadError as exc:
             field = "sae.sha256" if "was expected" in str(exc) else "sae.path"
             raise SidecarStartError(f"{field}: {exc}") from None
@@ -301,6 +315,21 @@ class Sidecar:
     def generation(self) -> DetectorGeneration:
         return self.pipeline.generation
 
+    def _hold_latents(self, specs: list[DetectorSpec]) -> None:
+        """Re-read the SAE's slice when ``specs`` read latents it does not hold (keeping those it holds, which
+        the detectors of requests in flight may read). Raises ``SpecError`` if the SAE file changed."""
+        held = self.sae.loaded_latents
+        need = {lat for s in specs for lat in s.latents}
+        if held is None or need <= set(held):
+            return
+        path, _ = resolve_sae(self.settings)
+        try:
+            sae = FrozenSAE.load(path, expected_sha256=self.sae.sha256, latents=sorted(need | set(held)))
+        except SAELoadError as exc:
+            raise SpecError(f"the new detectors read latents the sidecar does not hold, and re-reading them "
+                            f"from the SAE failed: {exc}") from None
+        self.sae = self.pipeline.sae = sae  # a superset of the old slice: a step in progress is unaffected
+
     def reload_detectors(self) -> tuple[DetectorGeneration, DetectorGeneration]:
         """Re-read the detector directory and switch atomically. Raises ``SpecError`` (old detectors stay).
         Returns ``(previous, new)`` generations."""
@@ -314,6 +343,7 @@ class Sidecar:
                 loaded = read_detectors(directory, self.sae, force_no_signal=self.settings.detectors.force_no_signal)
             except OSError as exc:
                 raise SpecError(f"cannot read the detector directory: {exc}") from None
+            self._hold_latents(loaded.specs)
             new = self.pipeline.set_detectors(loaded.specs, loaded.source)
             self.skipped = loaded.skipped
             self._detector_dir = directory

@@ -155,3 +155,18 @@ def test_latent_batches_over_http_and_their_refusals(client, sidecar, sae):
                     headers=POST)
     assert r.status_code == 202
     wait_until(lambda: sidecar.pipeline.stats().active_requests == 0, what="request a finalised")
+
+
+def test_the_sidecar_holds_only_its_detectors_latents_and_rereads_on_reload(client, sidecar, sae, detector_dir):
+    from sidecar_testkit import ADMIN_AUTH
+
+    assert sidecar.sae.loaded_latents == (1, 5, 17) and sidecar.sae.sha256 == sae.sha256
+    assert sidecar.sae.weights["W_enc"].shape == (sae.cfg.d_in, 3)
+    make_spec(sae, "wide", latents=(40, 1), weights=(1.0, 1.0), threshold=50.0).save(detector_dir / "wide.json")
+    r = client.post("/v1/admin/reload", headers=ADMIN_AUTH)
+    assert r.status_code == 200, r.text
+    assert sidecar.sae.loaded_latents == (1, 5, 17, 40) and sidecar.pipeline.sae is sidecar.sae
+    r = client.post("/v1/activations", content=make_batch([("w", 3, True)], hot=2.0).to_bytes(), headers=POST)
+    assert r.status_code == 202
+    wait_until(lambda: sidecar.pipeline.stats().active_requests == 0 and sidecar.metrics.tokens_scored._value.get()
+               == 2, what="scored with the new latent")
