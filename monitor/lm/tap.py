@@ -294,9 +294,11 @@ class ActivationTap:
             eos_ids=torch.tensor(eos_list, dtype=torch.int64),
             lengths=torch.zeros(len(ids), dtype=torch.int64), finished=torch.zeros(len(ids), dtype=torch.bool),
         )
-        if mask is not None and mask.ndim == 2:  # upload the prefill's row indices now, outside the forward
-            t = mask.shape[1]
-            for g in groups:
+        # Upload the row indices of the prefill and of one-token decode steps now, outside the forward.
+        for g in groups:
+            g.device_index[(1, False)] = _flat_rows(g.row_index, 1).to(self.device, non_blocking=True)
+            if mask is not None and mask.ndim == 2:
+                t = mask.shape[1]
                 full = _flat_rows(g.row_index, t)  # the group's rows of the [B * T] grid, row-major
                 g.device_index[(t, True)] = full[mask[g.row_index].reshape(-1)].to(self.device, non_blocking=True)
         self._tracking = tracking
