@@ -148,6 +148,8 @@ class TrafficSampleStore:
         elif found != SCHEMA:
             raise SamplesError(f"{path} holds {found!r}, not {SCHEMA!r} traffic samples")
         self._detector_ids: dict[FeatureKey, int] = {}
+        self._rows = self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        """Samples stored (kept here: a COUNT(*) per write would scan the table)."""
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -193,8 +195,7 @@ class TrafficSampleStore:
                     "INSERT INTO features VALUES (?, ?, ?, ?, ?)",
                     [(sid, self._detector_id(d.key), np.asarray(d.features, dtype="<f4").tobytes(), float(d.score),
                       int(d.alerted)) for d in s.detectors])
-            rows = self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
-            excess = max(0, rows - self.max_rows)
+            excess = max(0, self._rows + len(samples) - self.max_rows)
             if excess:
                 cut = self._db.execute("SELECT id FROM samples ORDER BY id LIMIT 1 OFFSET ?", (excess,)).fetchone()[0]
                 self._db.execute("DELETE FROM features WHERE sample_id < ?", (cut,))
@@ -204,6 +205,7 @@ class TrafficSampleStore:
             if excess:
                 self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'dropped_total'",
                                  (excess,))
+        self._rows += len(samples) - excess
         return excess
 
     def stats(self) -> StoreStats:

@@ -16,6 +16,7 @@ on their old table while new requests start on the new one.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from detectors.scoring import DetectorBank, open_block_counts
@@ -32,8 +33,10 @@ class TableFull(RuntimeError):
 class RequestTable:
     """Aggregates of up to ``capacity`` requests for one detector bank. Not thread-safe (one worker owns it)."""
 
-    def __init__(self, bank: DetectorBank, capacity: int) -> None:
+    def __init__(self, bank: DetectorBank, capacity: int, *, track_turns: bool = False) -> None:
         self.bank = bank
+        self.track_turns = track_turns
+        """Count role runs per request (``turns``): only traffic samples need them (0.1 ms per 512-token update)."""
         self.capacity = capacity
         u, d = len(bank.latents), len(bank.specs)
         # Row ``2 * slot + role`` holds one request's aggregates over the tokens of one role.
@@ -176,20 +179,29 @@ class RequestTable:
         self._first.scatter_reduce_(0, key, pos, "amin")
         self._last.scatter_reduce_(0, key, pos, "amax")
         self._update_peaks(key, z, pos)
-        self._count_turns(slots, roles)
+        if self.track_turns:
+            self._count_turns(slots, roles)
 
     def _count_turns(self, slots: torch.Tensor, roles: torch.Tensor) -> None:
-        """Count role runs; a request's tokens are contiguous within one update (one chunk per step)."""
-        n = slots.shape[0]
-        first = torch.ones(n, dtype=torch.bool)
-        first[1:] = slots[1:] != slots[:-1]
-        prev = torch.empty_like(roles)
-        prev[1:] = roles[:-1]
-        prev[first] = self._last_role[slots[first]]
-        self._turns.index_add_(0, slots, (roles != prev).to(torch.int32))
-        last = torch.ones(n, dtype=torch.bool)
-        last[:-1] = first[1:]
-        self._last_role[slots[last]] = roles[last]
+        """Count role runs. A request's tokens are contiguous within one update (one chunk per step), so each
+        chunk adds the role changes inside it, plus one when it starts in another role than the request's last
+        token. NumPy on views of the tensors: a dozen tiny operations cost ~30 us instead of ~200 us in torch."""
+        s, r = slots.numpy(), roles.numpy()
+        n = s.shape[0]
+        first = np.empty(n, dtype=bool)
+        first[0] = True
+        np.not_equal(s[1:], s[:-1], out=first[1:])
+        last_role = self._last_role.numpy()
+        prev = np.empty_like(r)
+        prev[0] = 0
+        prev[1:] = r[:-1]
+        starts = np.flatnonzero(first)
+        prev[starts] = last_role[s[starts]]
+        self._turns.numpy()[s[starts]] += np.add.reduceat((r != prev).astype(np.int32), starts)
+        ends = np.empty_like(starts)
+        ends[:-1] = starts[1:] - 1
+        ends[-1] = n - 1
+        last_role[s[ends]] = r[ends]
 
     def _update_peaks(self, key: torch.Tensor, z: torch.Tensor, pos: torch.Tensor) -> None:
         """Keep, per row and detector, the token contributing most to the score so far, and where it is."""
@@ -303,6 +315,30 @@ class RequestTable:
         count = sum(float(self._count[2 * slot + r]) for r in roles)
         total = sum(self._sum[2 * slot + r, cols] for r in roles)
         return total / max(count, 1.0)
+
+    def all_features(self, slot: int) -> list[np.ndarray]:
+        """``features(slot, d)`` of every detector as float32 arrays, from one read of the request's rows (the
+        traffic samples: ~4x faster than a ``features`` call per detector)."""
+        rows = slice(2 * slot, 2 * slot + 2)
+        mx, sm, cnt = self._max[rows].numpy(), self._sum[rows].numpy(), self._count[rows].numpy()
+        win = self._window_rows(torch.arange(2 * slot, 2 * slot + 2)).numpy() if self.window else None
+        has_response = bool(cnt[ROLE_RESPONSE] > 0)
+        done: dict[tuple[str, str], np.ndarray] = {}
+        out = []
+        for d, spec in enumerate(self.bank.specs):
+            key = (spec.aggregation, spec.span)
+            agg = done.get(key)
+            if agg is None:
+                roles = list(span_roles(spec.span, has_response))
+                if spec.aggregation == "max":
+                    agg = mx[roles].max(0)
+                elif spec.aggregation == "window":
+                    agg = win[roles].max(0)
+                else:
+                    agg = sm[roles].sum(0) / max(float(cnt[roles].sum()), 1.0)
+                done[key] = agg = agg.astype(np.float32, copy=False)
+            out.append(agg[self._cols[d].numpy()])
+        return out
 
     def token_contributions(self, z: torch.Tensor, detector: int) -> torch.Tensor:
         """Per-token score contribution ``z[:, cols] . weights`` of one detector: ``[n]``."""

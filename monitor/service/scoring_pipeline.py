@@ -158,9 +158,12 @@ class ScoringPipeline:
         instance: str = "",
         source: str = "",
         on_finished: Callable[[FinishedRequests], None] | None = None,
+        track_turns: bool = False,
     ) -> None:
         self.sae = sae
         self.on_finished = on_finished
+        self.track_turns = track_turns
+        """Request tables count each request's role runs (``RequestTable.turns``; the traffic samples need them)."""
         """Called once per group of finalised requests (drift watch, traffic samples); must be quick, and an
         exception in it is logged, never lost scoring."""
         self.model_id = model_id
@@ -199,7 +202,7 @@ class ScoringPipeline:
         self._generation_counter += 1
         return DetectorGeneration(
             number=self._generation_counter, specs=tuple(specs), bank=bank, latents=tuple(bank.latents),
-            table=RequestTable(bank, self.max_active_requests), loaded_at=time.time(), source=source,
+            table=RequestTable(bank, self.max_active_requests, track_turns=self.track_turns), loaded_at=time.time(), source=source,
         )
 
     @property

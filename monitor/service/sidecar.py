@@ -233,6 +233,7 @@ class Sidecar:
             remember_request_ids=lim.remember_request_ids, idle_timeout_s=lim.idle_timeout_s,
             top_latents=settings.alerts.top_latents, instance=settings.alerts.instance, source=detectors.source,
             on_finished=self._on_finished if (self.drift is not None or self.sampler is not None) else None,
+            track_turns=self.sampler is not None,
         )
         self._watch(detectors.specs)
         self.wire_limits = WireLimits(max_bytes=lim.max_body_bytes, max_tokens=lim.max_tokens_per_batch,

@@ -28,15 +28,16 @@ from monitor.service.scoring_pipeline import FinishedRequests
 
 log = logging.getLogger(__name__)
 
-_MAX_GROUP = 256
+_MAX_GROUP = 1024
 
 
 class TrafficSampler:
     """Random sampling of finished requests into a ``TrafficSampleStore`` (its own writer thread)."""
 
     def __init__(self, store: TrafficSampleStore, metrics: SidecarMetrics, *, rate: float, queue_size: int = 4096,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, linger_s: float = 0.5) -> None:
         self.store = store
+        self.linger_s = linger_s
         self.metrics = metrics
         self.rate = rate
         self._random = random.Random(seed)
@@ -64,6 +65,7 @@ class TrafficSampler:
         for i in picked:
             slot = finished.slots[i]
             prompt, response = table.role_counts(slot)
+            features = table.all_features(slot)
             detectors = []
             for d, spec in enumerate(g.specs):
                 score = scores[i][d]
@@ -72,7 +74,7 @@ class TrafficSampler:
                 key = self._keys.get((g.number, d))
                 if key is None:
                     key = self._keys[(g.number, d)] = FeatureKey.of(spec)
-                detectors.append(DetectorSample(key, table.features(slot, d).numpy(), score, bool(alerted[i][d])))
+                detectors.append(DetectorSample(key, features[d], score, bool(alerted[i][d])))
             sample = TrafficSample(time=now, request_id=finished.request_ids[i], n_tokens=prompt + response,
                                    n_prompt_tokens=prompt, n_response_tokens=response, n_turns=table.turns(slot),
                                    detectors=detectors)
@@ -89,9 +91,10 @@ class TrafficSampler:
             if first is None:
                 return
             group, stop = [first], False
+            deadline = time.monotonic() + self.linger_s  # one transaction per linger: fewer commits, less CPU
             while len(group) < _MAX_GROUP:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:

@@ -200,3 +200,37 @@ def test_too_few_samples_are_refused_with_the_reason(tmp_path, sae):
     rc = cli(["calibrate", "--thresholds-from", str(tmp_path / "s.sqlite3"), "--detectors", str(tmp_path / "none")])
     assert rc == 2  # no spec directory: a usage error
     assert next_version("1") == "2" and next_version("v1") == "v1-r1" and next_version("v1-r1") == "v1-r2"
+
+
+def test_sampled_features_are_the_scored_features_and_turns_are_role_runs(sae):
+    """``RequestTable.all_features`` (what a sample records) equals ``features`` (what the score is computed from)
+    for every aggregation and span, and ``turns`` counts role runs across chunks."""
+    import torch
+
+    from detectors.scoring import DetectorBank
+    from detectors.spans import ROLE_PROMPT, ROLE_RESPONSE
+    from monitor.service.request_table import RequestTable
+
+    flavours = [("max", "all"), ("mean", "prompt"), ("window", "response"), ("max", "final_turn"), ("mean", "all"),
+                ("window", "prompt")]
+    specs = [DetectorSpec(name=f"d{i}", concept="c", model="m", hook="h", sae_sha256=sae.sha256,
+                          latents=[i, i + 7, 40 - i], weights=[1.0, -0.5, 2.0], threshold=1.0, aggregation=agg,
+                          span=span, window=4) for i, (agg, span) in enumerate(flavours)]
+    table = RequestTable(DetectorBank(specs), 8, track_turns=True)
+    a, b = table.allocate(), table.allocate()
+    g = torch.Generator().manual_seed(0)
+    # chunk 1: request a = prompt x3, response x2 (2 runs); request b = prompt x5
+    roles1 = torch.tensor([ROLE_PROMPT] * 3 + [ROLE_RESPONSE] * 2 + [ROLE_PROMPT] * 5, dtype=torch.uint8)
+    slots1 = torch.tensor([a] * 5 + [b] * 5)
+    table.update(slots1, torch.rand(10, len(table.bank.latents), generator=g), roles1, torch.arange(10))
+    # chunk 2: a continues its response (same run), then a new user turn; b gets a reply
+    roles2 = torch.tensor([ROLE_RESPONSE, ROLE_PROMPT, ROLE_PROMPT, ROLE_RESPONSE, ROLE_RESPONSE], dtype=torch.uint8)
+    slots2 = torch.tensor([a, a, a, b, b])
+    table.update(slots2, torch.rand(5, len(table.bank.latents), generator=g), roles2, torch.arange(10, 15))
+    assert (table.turns(a), table.turns(b)) == (3, 2)
+    assert table.role_counts(a) == (5, 3)
+    for slot in (a, b):
+        for d, got in enumerate(table.all_features(slot)):
+            np.testing.assert_allclose(got, table.features(slot, d).numpy(), rtol=1e-6)
+    table.release(a)
+    assert table.turns(a) == 0
