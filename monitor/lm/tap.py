@@ -173,6 +173,9 @@ class _DeviceToHost:
                 if t is None:
                     out.append(None)
                     continue
+                if not t.is_cuda:  # e.g. a mask the caller kept on the host
+                    out.append(t.clone())
+                    continue
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
                 host.copy_(t, non_blocking=True)
                 t.record_stream(stream)  # the allocator must not hand t's memory out before the copy ran
@@ -230,12 +233,17 @@ class ActivationTap:
         self.stats = TapStats()
         self.last_sink_error: BaseException | None = None
         self._module = resolve_module(model, module_path.format(layer=layer))
-        try:
-            self.device = next(model.parameters()).device
-        except StopIteration:
-            self.device = torch.device("cpu")
+        # The device of the tapped layer (with a model split over devices, not necessarily the first one's).
+        first = next(self._module.parameters(), None)
+        first = first if first is not None else next(model.parameters(), None)
+        self.device = first.device if first is not None else torch.device("cpu")
         self._copier = _DeviceToHost(self.device)
         self._latent_ids = torch.tensor(self.latents or (), dtype=torch.int32)
+        d_in = getattr(getattr(encoder, "cfg", None), "d_in", None)
+        if encoder is not None and isinstance(d_in, int):
+            # Build the encoder's per-latent-set tensors now (one host-to-device upload), not in the first
+            # forward; and a misconfigured encoder fails here, with its own message.
+            encoder.encode_latents(torch.zeros(2, d_in, device=self.device, dtype=dtype), self.latents)
         # Unbounded container, bounded by _enqueue for row payloads only: the bookkeeping of a dropped call
         # (a few bytes of token ids) and the end-of-request markers are always queued, so positions stay
         # right and a consumer never waits for a final flag that never comes.
