@@ -44,6 +44,9 @@ class LabelledFile:
     """Relative to the data directory; ``generated:`` paths are relative to the project's generated-data
     directory (``artifacts/data``)."""
     label_in: LabelIn
+    whole: bool = False
+    """Never subsampled by ``max_per_file``: the model's own replies, the rarest and most representative
+    data a reply detector has, are all used."""
 
 
 GENERATED = "generated:"
@@ -52,7 +55,7 @@ CONCEPT_FILES: dict[str, tuple[LabelledFile, ...]] = {
     "scam": (LabelledFile("scam/sms_spam_collection.jsonl", "text"),
              LabelledFile("scam/harmful_requests_fraud_vs_other_harm.jsonl", "prompt"),
              LabelledFile("scam/alpaca_benign_writing_requests.jsonl", "prompt"),
-             LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "response")),
+             LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "response", whole=True)),
     "deception": (LabelledFile("deception/anthropic_evals_persona.jsonl", "text"),
                   LabelledFile("deception/repe_facts_instructed_pairs.jsonl", "both")),
     "power_seeking": (LabelledFile("power_seeking/anthropic_evals_persona.jsonl", "text"),
@@ -214,7 +217,8 @@ def _load(files: tuple[LabelledFile, ...], data_dir: Path, generated_dir: Path |
         path = resolve(f, data_dir, generated_dir)
         if missing_ok and not path.exists():
             continue
-        out += for_kind(subsample(load_file(path, name=f.path), max_per_file, seed), f.label_in, kind)
+        out += for_kind(subsample(load_file(path, name=f.path), None if f.whole else max_per_file, seed),
+                        f.label_in, kind)
     return out
 
 
