@@ -65,9 +65,7 @@ class FrozenSAE:
         self.weights = {n: t.detach().to(self.device, dtype).contiguous() for n, t in weights.items()}
         w = self.weights
         # Fold "x - b_dec" into the bias: pre = x @ W_enc + (b_enc - b_dec @ W_enc).
-        # In float64, so each latent's value is the same bits whichever columns are held (a vector-matrix
-        # product's summation order depends on the matrix width: a slice would differ from the full SAE).
-        self._b_dec_proj = ((w["b_dec"].double() @ w["W_enc"].double()).to(dtype) if cfg.apply_b_dec_to_input
+        self._b_dec_proj = (_fold_b_dec(w["b_dec"], w["W_enc"], dtype) if cfg.apply_b_dec_to_input
                             else torch.zeros_like(w["b_enc"]))
         self._sliced = lru_cache(maxsize=32)(self._build_slice)
 
@@ -231,6 +229,20 @@ class FrozenSAE:
         if self.loaded_latents is not None:
             d["loaded_latents"] = len(self.loaded_latents)
         return d
+
+
+def _fold_b_dec(b_dec: torch.Tensor, w_enc: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``b_dec @ W_enc`` ``[d_sae]`` computed in float64, so each latent's value is the same bits whichever
+    columns are held (a vector-matrix product's summation order depends on the matrix width: a slice would
+    differ from the full SAE in the last bit); in column blocks of 16M elements, so a 131k-latent SAE needs
+    no 4 GB float64 copy."""
+    work = torch.float32 if w_enc.device.type == "mps" else torch.float64  # MPS has no float64
+    out = torch.empty(w_enc.shape[1], dtype=dtype, device=w_enc.device)
+    step = max(1, (1 << 24) // max(1, w_enc.shape[0]))
+    bd = b_dec.to(work)
+    for j in range(0, w_enc.shape[1], step):
+        out[j : j + step] = (bd @ w_enc[:, j : j + step].to(work)).to(dtype)
+    return out
 
 
 def _check_slice(cfg: SAEConfig, w: dict[str, torch.Tensor], latents: tuple[int, ...]) -> None:
