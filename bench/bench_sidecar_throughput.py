@@ -14,6 +14,13 @@ tokens (the client shares the same cores), 429 answers, and, for reference, the 
 decoded and scored in-process without HTTP (the ceiling of the scoring path on one core).
 
     .venv/bin/python bench/bench_sidecar_throughput.py [--batches 1500] [--clients 3] [--json]
+
+``--compare-samples RATE`` runs the sidecar side by side without traffic samples and with them at ``RATE``
+(e.g. 0.1; samples written to a SQLite store in the work folder), alternating for ``--rounds`` rounds, and
+prints both and the cost (throughput and sidecar CPU per token). Only requests that finish are sampled:
+the prefill workload finishes 4 requests per batch (a request rate far above real chat traffic, the worst
+case for a per-request cost); the decode workload's requests stay open, so it shows the drift watch and
+turn bookkeeping alone.
 """
 
 from __future__ import annotations
@@ -190,14 +197,142 @@ def run_in_process(sae, specs, kind: str, n: int) -> dict:
             "worker_ms_per_step": round(1000 * step_sum / step_n, 3), "worker_steps": int(step_n)}
 
 
+def feed_in_process(side, bodies: list[bytes]) -> dict:
+    """Feed a started in-process ``Sidecar`` (no HTTP) and wait until everything is scored and sampled; wall
+    time and the process's CPU time (every thread: parsing, scoring, the samples writer)."""
+    import resource
+
+    from monitor.wire import ActivationBatch, WireLimits
+
+    limits = WireLimits()
+    done = threading.Event()
+    n = len(bodies)
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    c0, t0 = cpu(), time.perf_counter()
+    for i, body in enumerate(bodies):
+        batch = ActivationBatch.from_bytes(body, limits)
+        while True:
+            try:
+                side.pipeline.submit(batch, on_done=(lambda r: done.set()) if i == n - 1 else None)
+                break
+            except Exception:  # noqa: BLE001 - queue full: let the worker catch up
+                time.sleep(0.001)
+    done.wait(120)
+    wall = time.perf_counter() - t0  # scored: throughput; the samples writer's group commit lingers up to 0.5 s
+    if side.sampler is not None:
+        side.sampler.flush(10)  # ... and its CPU counts
+    used = cpu() - c0
+    return {"tokens_per_s": round(512 * n / wall), "cpu_s_per_mtok": round(used / (512 * n) * 1e6, 3)}
+
+
+def compare_samples(args, tmp, sae_path, sae) -> None:
+    """Side by side: samples off and on at ``args.compare_samples``.
+
+    In process: both sidecars in this process, fed alternately ``args.rounds`` times per workload; the
+    minimum CPU per token of each (interference from other processes only ever adds, so the minimum is the
+    steadiest estimate) and the median. Over HTTP: two ``serve`` subprocesses, alternating rounds, medians."""
+    import statistics
+
+    from monitor.service.settings import load_settings
+    from monitor.service.sidecar import Sidecar
+
+    modes = {"off": {}, f"{args.compare_samples:g}": {
+        "samples": f"samples:\n  enabled: true\n  rate: {args.compare_samples}\n  path: {tmp / 'samples.sqlite3'}\n"}}
+    configs = {}
+    for mode, extra in modes.items():
+        port = free_port()
+        configs[mode] = (write_config(tmp, sae_path, sae, tmp / "detectors", port, **extra).read_text(), port)
+    out = {"machine": machine(), "rounds": args.rounds, "batches": args.batches, "in_process": {}, "http": {},
+           "samples_recorded": {}}
+    # --- in process
+    sides = {}
+    for mode, (text, _) in configs.items():
+        path = tmp / f"sidecar-{mode}.yaml"
+        path.write_text(text)
+        sides[mode] = Sidecar.load(load_settings(path, queue={"max_tokens": 1 << 22})).start()
+    try:
+        for kind in ("prefill", "decode"):
+            bodies = workload(kind, args.batches)
+            feed_in_process(sides["off"], bodies[:50])  # warm both
+            feed_in_process(sides[f"{args.compare_samples:g}"], bodies[:50])
+            per = {m: [] for m in modes}
+            for _ in range(args.rounds):
+                for mode in modes:
+                    per[mode].append(feed_in_process(sides[mode], bodies))
+            for mode, rs in per.items():
+                out["in_process"][f"{mode}/{kind}"] = {
+                    "cpu_s_per_mtok_min": min(r["cpu_s_per_mtok"] for r in rs),
+                    "cpu_s_per_mtok_median": statistics.median(r["cpu_s_per_mtok"] for r in rs),
+                    "tokens_per_s_max": max(r["tokens_per_s"] for r in rs),
+                    "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in rs)}
+        for mode, side in sides.items():
+            out["samples_recorded"][f"in_process/{mode}"] = int(side.metrics.samples_recorded._value.get())
+    finally:
+        for side in sides.values():
+            side.close()
+    # --- over HTTP
+    if not args.no_http:
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        for _ in range(args.rounds):
+            for mode in modes:
+                text, port = configs[mode]
+                config = tmp / "sidecar.yaml"
+                config.write_text(text)
+                side = SidecarProcess.start(config, port, tmp / f"sidecar-{mode}.log")
+                try:
+                    for kind in ("prefill", "decode"):
+                        runs[mode].append(run_http(side, kind, args.batches, args.clients))
+                finally:
+                    side.stop()
+        for mode, rs in runs.items():
+            for kind in ("prefill", "decode"):
+                mine = [r for r in rs if r["workload"] == kind]
+                out["http"][f"{mode}/{kind}"] = {
+                    "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in mine),
+                    "cpu_s_per_mtok_median": statistics.median(r["sidecar_cpu_s_per_mtok"] for r in mine)}
+    out["machine_after"] = machine()
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    on = f"{args.compare_samples:g}"
+    print(f"machine: {out['machine']} (after: {out['machine_after']})\nsamples off vs rate {on}; "
+          f"{args.batches} batches of 512 tokens per run, {args.rounds} alternating rounds\n")
+    print(f"{'':<20}{'CPU s/Mtok off':>15}{'on':>8}{'cost':>8}{'tokens/s off':>14}{'on':>10}{'cost':>8}")
+    for where, stat_cpu, stat_tps in (("in_process", "min", "max"), ("in_process", "median", "median"),
+                                      ("http", "median", "median")):
+        for kind in ("prefill", "decode"):
+            a, b = out[where].get(f"off/{kind}"), out[where].get(f"{on}/{kind}")
+            if a is None:
+                continue
+            ca, cb = a[f"cpu_s_per_mtok_{stat_cpu}"], b[f"cpu_s_per_mtok_{stat_cpu}"]
+            ta, tb = a[f"tokens_per_s_{stat_tps}"], b[f"tokens_per_s_{stat_tps}"]
+            label = f"{kind}, {'in process' if where == 'in_process' else 'HTTP'} ({stat_cpu})"
+            print(f"{label:<20}{ca:>15.2f}{cb:>8.2f}{100 * (cb / ca - 1):>7.1f}%{ta:>14,.0f}{tb:>10,.0f}"
+                  f"{100 * (1 - tb / ta):>7.1f}%")
+    print(f"\nsamples recorded: {out['samples_recorded']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=1500, help="timed batches per workload (512 tokens each)")
     ap.add_argument("--clients", type=int, default=3, help="concurrent keep-alive connections posting")
+    ap.add_argument("--compare-samples", type=float, metavar="RATE",
+                    help="side by side: traffic samples off and at RATE (e.g. 0.1)")
+    ap.add_argument("--rounds", type=int, default=2, help="with --compare-samples: alternating rounds")
+    ap.add_argument("--no-http", action="store_true", help="with --compare-samples: in process only")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tmp = workdir()
+    if args.compare_samples:
+        sae_path, sae, _ = bench_sae(tmp)
+        four_detectors(sae, tmp / "detectors")
+        compare_samples(args, tmp, sae_path, sae)
+        return
     sae_path, sae, sae_desc = bench_sae(tmp)
     specs = four_detectors(sae, tmp / "detectors")
     port = free_port()
