@@ -121,8 +121,13 @@ def random_model(shape: Shape, device: torch.device, dtype: torch.dtype) -> torc
                       num_key_value_heads=shape.kv_heads, rope_theta=shape.rope_theta, max_position_embeddings=8192,
                       tie_word_embeddings=shape.tie_embeddings, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the model dtype: no float32 copy first (32 GB at 8B parameters)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg).to(dtype)
+    finally:
+        torch.set_default_dtype(previous)
     model.eval()
     model.generation_config.eos_token_id = None  # random weights: always generate the full length
     model.generation_config.pad_token_id = 0

@@ -389,3 +389,42 @@ def test_the_hook_never_reads_device_memory(encode):
     assert [b.n_tokens for b in sink.batches] == [7, 2, 2, 2, 0]
     assert [b.positions.tolist() for b in sink.batches[:2]] == [[0, 1, 2, 0, 1, 2, 3], [3, 4]]
     assert all(b.is_latents == encode for b in sink.batches)
+
+
+def test_dropped_calls_keep_later_positions_right():
+    """A call dropped for a full queue still advances its requests' positions (its bookkeeping is queued)."""
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.layers = torch.nn.ModuleList([torch.nn.Identity()])
+
+    entered, release = threading.Event(), threading.Event()
+    delivered: list[ActivationBatch] = []
+
+    def blocking_sink(batch):
+        if not delivered:
+            entered.set()
+            release.wait(30)
+        delivered.append(batch)
+
+    tap = ActivationTap(Tiny(), layer=0, sink=blocking_sink, max_queue=1)
+    tap.device, tap._copier = torch.device("meta"), _RecordingCopier()
+    try:
+        with tap.track(["x"], attention_mask=torch.ones(1, 4, dtype=torch.long)):
+            tap._step_inputs = (torch.empty(1, 4, dtype=torch.int64, device="meta"), None)
+            tap._on_layer_output(None, (), (torch.empty(1, 4, 8, device="meta"),))  # prefill: delivered, sink blocks
+            assert entered.wait(30)
+            for _ in range(3):  # the first is queued, the next two are dropped
+                tap._step_inputs = (torch.empty(1, 1, dtype=torch.int64, device="meta"), None)
+                tap._on_layer_output(None, (), torch.empty(1, 1, 8, device="meta"))
+            assert tap.stats.chunks_dropped == 2
+            release.set()
+            assert tap.flush(30)
+            tap._on_layer_output(None, (), torch.empty(1, 1, 8, device="meta"))  # after the drops
+        assert tap.flush(30)
+    finally:
+        release.set()
+        tap.close()
+    assert [b.positions.tolist() for b in delivered] == [[0, 1, 2, 3], [4], [7], []]
+    assert tap.stats.tokens_dropped == 2 and tap.stats.tokens_seen == 8
