@@ -31,6 +31,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import torch
 from sidecar_harness import (
@@ -197,6 +198,25 @@ def run_in_process(sae, specs, kind: str, n: int) -> dict:
             "worker_ms_per_step": round(1000 * step_sum / step_n, 3), "worker_steps": int(step_n)}
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each thread of this process by thread name (Linux ``/proc/self/task``; {} elsewhere)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(tid), f"tid-{tid}")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def feed_in_process(side, bodies: list[bytes]) -> dict:
     """Feed a started in-process ``Sidecar`` (no HTTP) and wait until everything is scored and sampled; wall
     time and the process's CPU time (every thread: parsing, scoring, the samples writer)."""
@@ -212,6 +232,7 @@ def feed_in_process(side, bodies: list[bytes]) -> dict:
         r = resource.getrusage(resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
 
+    th0 = thread_cpu()
     c0, t0 = cpu(), time.perf_counter()
     for i, body in enumerate(bodies):
         batch = ActivationBatch.from_bytes(body, limits)
@@ -226,15 +247,21 @@ def feed_in_process(side, bodies: list[bytes]) -> dict:
     if side.sampler is not None:
         side.sampler.flush(10)  # ... and its CPU counts
     used = cpu() - c0
-    return {"tokens_per_s": round(512 * n / wall), "cpu_s_per_mtok": round(used / (512 * n) * 1e6, 3)}
+    th1 = thread_cpu()
+    per_mtok = 1e6 / (512 * n)
+    return {"tokens_per_s": round(512 * n / wall), "cpu_s_per_mtok": round(used * per_mtok, 3),
+            "worker_cpu_s_per_mtok": round((th1.get("scoring-worker", 0) - th0.get("scoring-worker", 0)) * per_mtok, 3),
+            "writer_cpu_s_per_mtok": round((th1.get("traffic-samples", 0) - th0.get("traffic-samples", 0)) * per_mtok,
+                                           3)}
 
 
 def compare_samples(args, tmp, sae_path, sae) -> None:
     """Side by side: samples off and on at ``args.compare_samples``.
 
-    In process: both sidecars in this process, fed alternately ``args.rounds`` times per workload; the
-    minimum CPU per token of each (interference from other processes only ever adds, so the minimum is the
-    steadiest estimate) and the median. Over HTTP: two ``serve`` subprocesses, alternating rounds, medians."""
+    In process: one sidecar, its sampling switched off (rate 0, no turn bookkeeping) and on in turn, fed the
+    same batches ``args.rounds`` times per workload; the minimum CPU per token of each (interference from other
+    processes only ever adds, so the minimum is the steadiest estimate) and the median. Over HTTP: two
+    ``serve`` subprocesses, alternating rounds, medians."""
     import statistics
 
     from monitor.service.settings import load_settings
@@ -248,32 +275,41 @@ def compare_samples(args, tmp, sae_path, sae) -> None:
         configs[mode] = (write_config(tmp, sae_path, sae, tmp / "detectors", port, **extra).read_text(), port)
     out = {"machine": machine(), "rounds": args.rounds, "batches": args.batches, "in_process": {}, "http": {},
            "samples_recorded": {}}
-    # --- in process
-    sides = {}
-    for mode, (text, _) in configs.items():
-        path = tmp / f"sidecar-{mode}.yaml"
-        path.write_text(text)
-        sides[mode] = Sidecar.load(load_settings(path, queue={"max_tokens": 1 << 22})).start()
+    # --- in process: one sidecar with samples enabled, switched off (rate 0, no turn bookkeeping) and on in
+    # turn, so both modes run on the same objects and the same memory
+    text, _ = configs[f"{args.compare_samples:g}"]
+    path = tmp / "sidecar-in-process.yaml"
+    path.write_text(text)
+    side = Sidecar.load(load_settings(path, queue={"max_tokens": 1 << 22})).start()
+
+    def switch(mode: str) -> None:
+        on_ = mode != "off"
+        side.sampler.rate = args.compare_samples if on_ else 0.0
+        side.pipeline.track_turns = on_
+        side.pipeline.generation.table.track_turns = on_
+
     try:
         for kind in ("prefill", "decode"):
             bodies = workload(kind, args.batches)
-            feed_in_process(sides["off"], bodies[:50])  # warm both
-            feed_in_process(sides[f"{args.compare_samples:g}"], bodies[:50])
+            for mode in modes:
+                switch(mode)
+                feed_in_process(side, bodies[:50])  # warm
             per = {m: [] for m in modes}
             for _ in range(args.rounds):
                 for mode in modes:
-                    per[mode].append(feed_in_process(sides[mode], bodies))
+                    switch(mode)
+                    per[mode].append(feed_in_process(side, bodies))
             for mode, rs in per.items():
                 out["in_process"][f"{mode}/{kind}"] = {
+                    "worker_cpu_s_per_mtok_mean": statistics.mean(r["worker_cpu_s_per_mtok"] for r in rs),
+                    "writer_cpu_s_per_mtok_mean": statistics.mean(r["writer_cpu_s_per_mtok"] for r in rs),
                     "cpu_s_per_mtok_min": min(r["cpu_s_per_mtok"] for r in rs),
                     "cpu_s_per_mtok_median": statistics.median(r["cpu_s_per_mtok"] for r in rs),
                     "tokens_per_s_max": max(r["tokens_per_s"] for r in rs),
                     "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in rs)}
-        for mode, side in sides.items():
-            out["samples_recorded"][f"in_process/{mode}"] = int(side.metrics.samples_recorded._value.get())
+        out["samples_recorded"]["in_process"] = int(side.metrics.samples_recorded._value.get())
     finally:
-        for side in sides.values():
-            side.close()
+        side.close()
     # --- over HTTP
     if not args.no_http:
         runs: dict[str, list[dict]] = {m: [] for m in modes}
@@ -313,6 +349,12 @@ def compare_samples(args, tmp, sae_path, sae) -> None:
             label = f"{kind}, {'in process' if where == 'in_process' else 'HTTP'} ({stat_cpu})"
             print(f"{label:<20}{ca:>15.2f}{cb:>8.2f}{100 * (cb / ca - 1):>7.1f}%{ta:>14,.0f}{tb:>10,.0f}"
                   f"{100 * (1 - tb / ta):>7.1f}%")
+    print(f"\nin process, per thread (mean of {args.rounds} rounds, CPU s / Mtok; clock ticks of 10 ms):")
+    for kind in ("prefill", "decode"):
+        a, b = out["in_process"][f"off/{kind}"], out["in_process"][f"{on}/{kind}"]
+        wa, wb = a["worker_cpu_s_per_mtok_mean"], b["worker_cpu_s_per_mtok_mean"]
+        print(f"  {kind:<8} scoring worker {wa:.2f} off, {wb:.2f} on ({100 * (wb / wa - 1):+.1f} %); samples writer "
+              f"{b['writer_cpu_s_per_mtok_mean']:.3f} ({100 * b['writer_cpu_s_per_mtok_mean'] / wa:.1f} % of the worker)")
     print(f"\nsamples recorded: {out['samples_recorded']}")
 
 
