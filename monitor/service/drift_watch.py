@@ -13,7 +13,7 @@ Nearly all traffic is benign, so a live rate well above the calibrated FPR means
 scores higher than the calibration's did: the threshold no longer holds (or there is an attack wave;
 either way a person should look). The lower end of the interval, not the point estimate, has to clear
 twice the bound: with 200 requests and a 1 % bound that takes at least 9 alerts (4.5 %), so chance
-alone does not trip it (with a true rate at the bound, under 10^-4 per evaluation).
+alone does not trip it (with a true rate at the bound: 2e-4 per evaluation at 200 requests, 2e-7 at 1,000).
 
 Counts are kept per detector in ``BUCKETS`` time buckets (bounded memory at any request rate); the
 window slides by whole buckets. Only requests whose detector span had tokens count (the others never
