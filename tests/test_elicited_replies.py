@@ -3,8 +3,14 @@
 import json
 import random
 
-from monitor.toolkit.elicited_replies import (FIRST_ROUND, ORGANISATIONS, SCAM_ASKS, append_rows, samples_done,
-                                              scam_email_requests)
+from monitor.toolkit.elicited_replies import (
+    FIRST_ROUND,
+    ORGANISATIONS,
+    SCAM_ASKS,
+    append_rows,
+    samples_done,
+    scam_email_requests,
+)
 
 
 def test_first_round_is_kept_and_longer_runs_only_add():

@@ -211,7 +211,12 @@ def cmd_elicit(args: argparse.Namespace) -> int:
     import torch
 
     from monitor.lm.loading import load_model
-    from monitor.toolkit.elicited_replies import append_rows, generate_replies, samples_done, scam_email_requests
+    from monitor.toolkit.elicited_replies import (
+        append_rows,
+        generate_replies,
+        samples_done,
+        scam_email_requests,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
