@@ -208,3 +208,52 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+
+@contextmanager
+def kafka_and_redis(tmp: Path, topic: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """A Tansu (Kafka-protocol) broker with ``topic`` created, and a redis-server; both killed afterwards."""
+    broker = ServerProcess.tansu(tmp)
+    redis = ServerProcess.redis(tmp)
+    try:
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{broker.port}")
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        admin.close()
+        yield broker, redis
+    finally:
+        broker.kill()
+        redis.kill()
+
+
+def consume(bootstrap: str, topic: str, n: int, *, timeout_s: float = 30.0, settle_ms: int = 0) -> list:
+    """The records of ``topic`` (partition 0) from the start, once at least ``n`` arrived; then polls
+    ``settle_ms`` more, so a test can assert that nothing more came."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer.assign([TopicPartition(topic, 0)])
+    got: list = []
+    try:
+        wait_until(lambda: got.extend(r for rs in consumer.poll(timeout_ms=200).values() for r in rs) or len(got) >= n,
+                   timeout_s=timeout_s, what=f"{n} Kafka records")
+        if settle_ms:
+            got.extend(r for rs in consumer.poll(timeout_ms=settle_ms).values() for r in rs)
+    finally:
+        consumer.close()
+    return got
+
+
+class ListSink:
+    """An alert sink that keeps what it is given (for tests of the scoring logic)."""
+
+    def __init__(self):
+        self.alerts = []
+
+    def write(self, alert):
+        self.alerts.append(alert)
+
+    def close(self):
+        pass

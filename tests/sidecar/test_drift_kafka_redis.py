@@ -16,7 +16,8 @@ from sidecar_testkit import (
     ADMIN_AUTH,
     INGEST_AUTH,
     SAFETENSORS,
-    ServerProcess,
+    consume,
+    kafka_and_redis,
     live_server,
     make_settings,
     wait_until,
@@ -34,34 +35,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 @pytest.fixture()
 def servers(tmp_path):
-    broker = ServerProcess.tansu(tmp_path)
-    redis = ServerProcess.redis(tmp_path)
-    try:
-        from kafka import KafkaAdminClient
-        from kafka.admin import NewTopic
-
-        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{broker.port}")
-        admin.create_topics([NewTopic(TOPIC, num_partitions=1, replication_factor=1)])
-        admin.close()
-        yield broker, redis
-    finally:
-        broker.kill()
-        redis.kill()
-
-
-def consume(bootstrap: str, n: int, timeout_s: float = 30.0) -> list:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    consumer.assign([TopicPartition(TOPIC, 0)])
-    got: list = []
-    try:
-        wait_until(lambda: got.extend(r for rs in consumer.poll(timeout_ms=200).values() for r in rs) or len(got) >= n,
-                   timeout_s=timeout_s, what=f"{n} Kafka records")
-        got.extend(r for rs in consumer.poll(timeout_ms=500).values() for r in rs)  # nothing more should come
-    finally:
-        consumer.close()
-    return got
+    with kafka_and_redis(tmp_path, TOPIC) as both:
+        yield both
 
 
 def test_drift_reaches_kafka_redis_metrics_and_the_dashboard_banner(tmp_path, sae, sae_dir, servers):
@@ -102,7 +77,7 @@ def test_drift_reaches_kafka_redis_metrics_and_the_dashboard_banner(tmp_path, sa
             # Kafka: every alert, and among them exactly one detector_drift event
             assert sidecar.alert_pipeline.flush(30)
             emitted = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
-            records = consume(f"127.0.0.1:{broker.port}", len(emitted))
+            records = consume(f"127.0.0.1:{broker.port}", TOPIC, len(emitted), settle_ms=500)
             values = [json.loads(r.value) for r in records]
             assert len({v["event_id"] for v in values}) == len(emitted)
             drift_events = [v for v in values if v.get("kind") == "detector_drift"]

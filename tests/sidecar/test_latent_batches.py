@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import torch
-from sidecar_testkit import INGEST_AUTH, SAFETENSORS, make_batch, make_spec, wait_until
+from sidecar_testkit import INGEST_AUTH, SAFETENSORS, ListSink, make_batch, make_spec, wait_until
 
 from alerts.delivery import AlertPipeline
 from detectors.scoring import DetectorBank
@@ -17,17 +17,6 @@ from monitor.service.scoring_pipeline import ScoringPipeline
 from monitor.wire import ActivationBatch
 
 POST = {**INGEST_AUTH, **SAFETENSORS}
-
-
-class ListSink:
-    def __init__(self):
-        self.alerts = []
-
-    def write(self, alert):
-        self.alerts.append(alert)
-
-    def close(self):
-        pass
 
 
 def as_latents(sae, batch: ActivationBatch, latents: list[int], dtype=torch.float32) -> ActivationBatch:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from sidecar_testkit import HOOK, MODEL, make_batch, make_spec, wait_until
+from sidecar_testkit import HOOK, MODEL, ListSink, make_batch, make_spec, wait_until
 
 from alerts.delivery import AlertPipeline
 from detectors.scoring import DetectorBank
@@ -17,17 +17,6 @@ from monitor.service.alert_emitter import AlertEmitter
 from monitor.service.prometheus import SidecarMetrics
 from monitor.service.scoring_pipeline import ScoringPipeline, UnknownRequestError
 from monitor.wire import ActivationBatch
-
-
-class ListSink:
-    def __init__(self):
-        self.alerts = []
-
-    def write(self, alert):
-        self.alerts.append(alert)
-
-    def close(self):
-        pass
 
 
 @pytest.fixture()

@@ -11,7 +11,8 @@ from sidecar_testkit import (
     ADMIN_AUTH,
     INGEST_AUTH,
     SAFETENSORS,
-    ServerProcess,
+    consume,
+    kafka_and_redis,
     make_batch,
     make_settings,
     wait_until,
@@ -26,33 +27,8 @@ TOPIC = "sidecar-test.alerts"
 
 @pytest.fixture()
 def servers(tmp_path):
-    broker = ServerProcess.tansu(tmp_path)
-    redis = ServerProcess.redis(tmp_path)
-    try:
-        from kafka import KafkaAdminClient
-        from kafka.admin import NewTopic
-
-        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{broker.port}")
-        admin.create_topics([NewTopic(TOPIC, num_partitions=1, replication_factor=1)])
-        admin.close()
-        yield broker, redis
-    finally:
-        broker.kill()
-        redis.kill()
-
-
-def consume(bootstrap: str, n: int, timeout_s: float = 20.0) -> list:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    consumer.assign([TopicPartition(TOPIC, 0)])
-    got: list = []
-    try:
-        wait_until(lambda: got.extend(r for rs in consumer.poll(timeout_ms=200).values() for r in rs) or len(got) >= n,
-                   timeout_s=timeout_s, what=f"{n} Kafka records")
-    finally:
-        consumer.close()
-    return got
+    with kafka_and_redis(tmp_path, TOPIC) as both:
+        yield both
 
 
 def test_alerts_reach_kafka_and_the_redis_dashboard_and_survive_a_redis_outage(tmp_path, sae_dir, detector_dir,
@@ -66,7 +42,7 @@ def test_alerts_reach_kafka_and_the_redis_dashboard_and_survive_a_redis_outage(t
     with TestClient(create_app(Sidecar.load(settings)), raise_server_exceptions=False) as client:
         assert client.post("/v1/activations", content=make_batch([("k-1", 4, True)], hot=3.0).to_bytes(),
                            headers=post).status_code == 202
-        records = consume(f"127.0.0.1:{broker.port}", 1)
+        records = consume(f"127.0.0.1:{broker.port}", TOPIC, 1)
         assert records[0].key == b"k-1"
         alert = json.loads(records[0].value)
         assert alert["request_id"] == "k-1" and alert["detector"] == "scam"
@@ -87,6 +63,6 @@ def test_alerts_reach_kafka_and_the_redis_dashboard_and_survive_a_redis_outage(t
         redis.kill()
         assert client.post("/v1/activations", content=make_batch([("k-2", 4, True)], hot=3.0).to_bytes(),
                            headers=post).status_code == 202
-        records = consume(f"127.0.0.1:{broker.port}", 2)
+        records = consume(f"127.0.0.1:{broker.port}", TOPIC, 2)
         assert [r.key for r in records] == [b"k-1", b"k-2"]
         assert client.get("/readyz").json()["ready"] is True  # Redis is not needed to score and alert
