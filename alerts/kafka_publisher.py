@@ -280,9 +280,11 @@ class KafkaAlertPublisher:
                 failed.append((row, exc))
         if delivered:
             self._unmarked.extend(delivered)
+            # counted when Kafka acknowledged, before the outbox marks them: a flush() that sees nothing
+            # pending must also see them in published_total
+            self._published += len(delivered)
         self._mark_acknowledged()
         if delivered:
-            self._published += len(delivered)
             self._connected = True
             self._consecutive_failures = 0
             self._pause_until = 0.0

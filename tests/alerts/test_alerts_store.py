@@ -131,7 +131,11 @@ def test_writes_never_block_and_store_goes_stale_then_recovers(redis_server, rec
         health = store.store_health()
         assert health.stale and "unreachable" in health.stale_reason
         assert health.dropped_total > 0  # the queue (200) overflowed and counted it
-        assert max(times) < 0.05, f"a write blocked for {max(times) * 1000:.1f} ms"
+        # A write that waited on Redis would wait out a retry (0.05-0.2 s here) on every call; the bound
+        # leaves room for a scheduling hiccup of a loaded machine on one call (54 ms was seen), not more.
+        assert sorted(times)[len(times) // 2] < 0.005 and sorted(times)[-3] < 0.05, \
+            f"writes blocked: median {sorted(times)[len(times) // 2] * 1000:.2f} ms, 3rd slowest {sorted(times)[-3] * 1000:.1f} ms"
+        assert max(times) < 0.15, f"a write blocked for {max(times) * 1000:.1f} ms"
         summary = store.summary()
         assert summary.stale is True
         assert [a.detector for a in summary.recent] == []  # no cache yet in this process: empty, but stale
