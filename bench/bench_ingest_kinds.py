@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
 import time
 
 import torch
-from bench_sidecar_throughput import post_all, scored
+from bench_sidecar_throughput import post_all, score_bodies_in_process, scored
 from safetensors.torch import save as st_save
 from sidecar_harness import (
     SidecarProcess,
@@ -92,33 +91,7 @@ def run_http(side: SidecarProcess, form: str, n: int, clients: int, sha: str, la
 
 
 def run_in_process(sae, specs, form: str, n: int, latents: list[int]) -> dict:
-    from alerts.delivery import AlertPipeline
-    from monitor.service.alert_emitter import AlertEmitter
-    from monitor.service.prometheus import SidecarMetrics
-    from monitor.service.scoring_pipeline import ScoringPipeline
-
-    metrics = SidecarMetrics()
-    emitter = AlertEmitter(AlertPipeline(), metrics).start()
-    p = ScoringPipeline(sae, specs, model_id="smollm2-135m-instruct", hook="blocks.15.hook_resid_post",
-                        emitter=emitter, metrics=metrics, max_queue_tokens=1 << 22).start()
-    data = bodies(form, n, sae.sha256, latents, "ip")
-    done = threading.Event()
-    parse = 0.0
-    t0 = time.perf_counter()
-    for i, body in enumerate(data):
-        t1 = time.perf_counter()
-        batch = ActivationBatch.from_bytes(body)
-        parse += time.perf_counter() - t1
-        while True:
-            try:
-                p.submit(batch, on_done=(lambda r: done.set()) if i == n - 1 else None)
-                break
-            except Exception:  # noqa: BLE001 - queue full: let the worker catch up
-                time.sleep(0.001)
-    done.wait(120)
-    wall = time.perf_counter() - t0
-    p.stop(5)
-    emitter.close(5)
+    wall, parse, _ = score_bodies_in_process(sae, specs, bodies(form, n, sae.sha256, latents, "ip"))
     return {"form": form, "tokens_per_s": round(512 * n / wall), "parse_ms_per_batch": round(1000 * parse / n, 3)}
 
 

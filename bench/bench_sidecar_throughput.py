@@ -160,8 +160,9 @@ def run_http(side: SidecarProcess, kind: str, n: int, clients: int) -> dict:
                                     / max(1.0, m["safety_monitor_encode_seconds_count"]), 3)}
 
 
-def run_in_process(sae, specs, kind: str, n: int) -> dict:
-    """Decode + queue + score without HTTP: the scoring path alone, on this thread and the worker."""
+def score_bodies_in_process(sae, specs, bodies: list[bytes]):
+    """Decode each body and submit it to a fresh scoring pipeline (no HTTP), waiting for the last to be
+    scored. Returns ``(wall seconds, seconds spent decoding, the pipeline's SidecarMetrics)``."""
     from alerts.delivery import AlertPipeline
     from monitor.service.alert_emitter import AlertEmitter
     from monitor.service.prometheus import SidecarMetrics
@@ -172,8 +173,7 @@ def run_in_process(sae, specs, kind: str, n: int) -> dict:
     emitter = AlertEmitter(AlertPipeline(), metrics).start()
     p = ScoringPipeline(sae, specs, model_id="smollm2-135m-instruct", hook="blocks.15.hook_resid_post",
                         emitter=emitter, metrics=metrics, max_queue_tokens=1 << 22).start()
-    bodies = workload(kind, n)
-    limits = WireLimits()
+    limits, n = WireLimits(), len(bodies)
     done = threading.Event()
     t0 = time.perf_counter()
     parse = 0.0
@@ -191,6 +191,12 @@ def run_in_process(sae, specs, kind: str, n: int) -> dict:
     wall = time.perf_counter() - t0
     p.stop(5)
     emitter.close(5)
+    return wall, parse, metrics
+
+
+def run_in_process(sae, specs, kind: str, n: int) -> dict:
+    """Decode + queue + score without HTTP: the scoring path alone, on this thread and the worker."""
+    wall, parse, metrics = score_bodies_in_process(sae, specs, workload(kind, n))
     step = metrics.step_seconds.collect()[0].samples
     step_sum = next(s.value for s in step if s.name.endswith("_sum"))
     step_n = next(s.value for s in step if s.name.endswith("_count"))
