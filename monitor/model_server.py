@@ -5,9 +5,14 @@ configured layer and an ``HttpActivationSink`` shipping the activations to the s
 two-process deployment, the Helm chart and the end-to-end test run; a production server attaches the
 tap the same way (see docs/sidecar.md).
 
+With ``model_server.encode_at_tap`` the tap ships latent batches instead: the server loads the slice of
+the configured SAE that the enabled detectors read (the sidecar's own loaders, so the same ``sae.*`` and
+``detectors.*`` settings, sha256 pin and spec checks) and encodes on the model's device;
+``model_server.raw_share`` of the requests still ship activations.
+
     POST /v1/chat   {"messages": [{"role": "user", "content": "..."}], "max_new_tokens": 64}
                     -> {"request_id", "text", "prompt_tokens", "completion_tokens"}
-    GET  /healthz   GET /metrics (tap and sink counters)
+    GET  /healthz   (``tap``: ``latents`` or ``activations``)   GET /metrics (tap and sink counters)
 
 The request id comes from the ``X-Request-ID`` header, else the body's ``request_id``, else a new
 UUID; it is echoed in the response header and body, and it is the id the sidecar's alerts carry.
@@ -21,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -31,13 +37,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
+from detectors.scoring import DetectorBank
 from detectors.spans import ROLE_PROMPT
 from monitor.lm.chat import render_chat
 from monitor.lm.http_sink import HttpActivationSink, HttpSinkConfig
 from monitor.lm.loading import LoadedModel
-from monitor.lm.tap import ActivationTap
+from monitor.lm.tap import LATENT, RAW, ActivationTap, resolve_module
+from monitor.sae import FrozenSAE
 from monitor.service.api_models import REQUEST_ID_PATTERN
 from monitor.service.settings import Settings
+from monitor.service.sidecar import SidecarStartError, load_detectors, load_monitored_sae
 
 _REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
 
@@ -62,16 +71,65 @@ class ChatResponse(BaseModel):
     seconds: float
 
 
+class ModelServerStartError(RuntimeError):
+    """The model server cannot start with these settings; the message names the setting to change."""
+
+
+@dataclass(frozen=True)
+class TapEncoding:
+    """What the tap encodes with when ``model_server.encode_at_tap`` is on."""
+
+    encoder: FrozenSAE
+    """The configured SAE, holding only the encoder columns of the detectors' latents, on the tapped layer's device."""
+    latents: tuple[int, ...]
+    """Sorted union of the enabled detectors' latent ids (what the sidecar requires of a latent batch)."""
+    detectors: tuple[str, ...]
+    """Names of the enabled detectors."""
+
+
+def load_tap_encoding(settings: Settings, lm: LoadedModel) -> TapEncoding:
+    """The SAE slice and latent ids of the enabled detectors, loaded as the sidecar loads them (same settings,
+    sha256 pin, spec checks against the SAE), on the device of the tapped layer. Float32 whatever the device,
+    so the latents are the ones the sidecar would compute. Raises ``ModelServerStartError``."""
+    m = settings.model
+    layer = resolve_module(lm.model, m.module_path.format(layer=m.layer))
+    param = next(layer.parameters(), None)  # with a model split over devices, the tapped layer's (as the tap)
+    param = param if param is not None else next(lm.model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        sae = load_monitored_sae(settings, device=device, dtype=torch.float32)
+        detectors = load_detectors(settings, sae)
+    except SidecarStartError as exc:
+        raise ModelServerStartError(f"model_server.encode_at_tap loads the SAE and detectors as the sidecar "
+                                    f"does, and failed: {exc}") from None
+    if not detectors.specs:
+        raise ModelServerStartError(
+            f"model_server.encode_at_tap: no enabled detector in {detectors.source}, so there are no latents to "
+            "compute; point detectors.dir at the sidecar's specs, or set model_server.encode_at_tap: false"
+        )
+    if sae.cfg.d_in != lm.d_model:
+        raise ModelServerStartError(f"model_server.encode_at_tap: the SAE reads d_in={sae.cfg.d_in} but "
+                                    f"{lm.model_id} has d_model={lm.d_model}; set sae.path to this model's SAE")
+    return TapEncoding(sae, tuple(DetectorBank(detectors.specs).latents), tuple(s.name for s in detectors.specs))
+
+
 class ModelServer:
     """The model, its tap and the sink; ``chat`` is thread-safe (one generation at a time)."""
 
     def __init__(self, settings: Settings, lm: LoadedModel, sink: HttpActivationSink | None = None) -> None:
+        """With ``model_server.encode_at_tap`` the SAE slice is loaded here (``load_tap_encoding``); raises
+        ``ModelServerStartError`` when that fails."""
         self.settings = settings
         self.lm = lm
         self.sink = sink
-        m = settings.model
+        m, ms = settings.model, settings.model_server
+        self.encoding = load_tap_encoding(settings, lm) if ms.encode_at_tap else None
+        enc = self.encoding
         self.tap = ActivationTap(lm.model, layer=m.layer, sink=sink if sink is not None else _discard,
-                                 model_id=m.id, module_path=m.module_path, sae_sha256=settings.sae.sha256 or "")
+                                 model_id=m.id, module_path=m.module_path,
+                                 sae_sha256=enc.encoder.sha256 if enc else settings.sae.sha256 or "",
+                                 encoder=enc.encoder if enc else None, latents=enc.latents if enc else None,
+                                 raw_share=ms.raw_share)
         self.tap.hook = m.hook_name
         self._lock = threading.Lock()
         self.requests_total = 0
@@ -119,6 +177,11 @@ class ModelServer:
                             prompt_tokens=int(ids.shape[0]), completion_tokens=int(new.shape[0]),
                             monitored=self.sink is not None, seconds=round(time.perf_counter() - t0, 4))
 
+    @property
+    def tap_kind(self) -> str:
+        """What the tap ships: ``latents`` (encoding at the tap) or ``activations``."""
+        return LATENT if self.encoding is not None else RAW
+
     def close(self) -> None:
         self.tap.close()
         if self.sink is not None:
@@ -142,6 +205,14 @@ class _ServerCollector(Collector):
         yield CounterMetricFamily(f"{p}_tap_tokens", "Tokens the tap saw.", value=t.tokens_seen)
         yield CounterMetricFamily(f"{p}_tap_tokens_dropped", "Tokens the tap dropped (its queue was full).",
                                   value=t.tokens_dropped)
+        shipped = CounterMetricFamily(f"{p}_tap_tokens_shipped", "Tokens the tap handed to the sink, by kind "
+                                      "(latents: encoded at the tap).", labels=["kind"])
+        shipped.add_metric([LATENT], t.latent_tokens)
+        shipped.add_metric([RAW], t.raw_tokens)
+        yield shipped
+        enc = self.server.encoding
+        yield GaugeMetricFamily(f"{p}_tap_monitored_latents", "SAE latents the tap computes per token "
+                                "(0: it ships activations).", value=len(enc.latents) if enc is not None else 0)
         sink = self.server.sink
         if sink is not None:
             s = sink.stats
@@ -185,7 +256,10 @@ def create_model_server_app(server: ModelServer) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict:
         sink = server.sink
+        enc = server.encoding
         return {"status": "ok", "model": server.settings.model.id, "monitored": sink is not None,
+                "tap": server.tap_kind, "monitored_latents": len(enc.latents) if enc is not None else 0,
+                "raw_share": server.tap.raw_share if enc is not None else None,
                 "sink_last_error": sink.stats.last_error if sink is not None else None}
 
     @app.get("/metrics")

@@ -28,7 +28,8 @@ DEF_PREFIX = "settings."
 # that sets each instead. Secrets are here too: they are only read from Secrets.
 OWNED: dict[str, dict[str, str]] = {
     "server": {"host": "(0.0.0.0)", "port": "sidecar.port"},
-    "model_server": {"host": "(0.0.0.0)", "port": "modelServer.port", "sidecar_url": "sidecar.port"},
+    "model_server": {"host": "(0.0.0.0)", "port": "modelServer.port", "sidecar_url": "sidecar.port",
+                     "encode_at_tap": "modelServer.encodeAtTap", "raw_share": "modelServer.rawShare"},
     "alerts": {"instance": "(the pod name)"},
     "alerts.outbox": {"path": "outbox.*"},
     "alerts.publisher": {"topic": "kafka.topic", "per_detector_topics": "kafka.perDetectorTopics"},

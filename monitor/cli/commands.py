@@ -208,19 +208,25 @@ def cmd_model_server(args: argparse.Namespace) -> int:
     import torch
 
     from monitor.lm.loading import load_model
-    from monitor.model_server import ModelServer, create_model_server_app
+    from monitor.model_server import ModelServer, ModelServerStartError, create_model_server_app
 
     settings = _settings_from_args(args, "model_server")
     _configure_logging(settings.server.log_level)
     torch.set_num_threads(settings.model_server.torch_threads)
     lm = load_model(settings.model.id, dtype=getattr(torch, settings.model.dtype))
-    server = ModelServer.from_settings(settings, lm)
+    try:
+        server = ModelServer.from_settings(settings, lm)
+    except ModelServerStartError as exc:
+        raise UsageError(str(exc)) from None
     import uvicorn
 
     ms = settings.model_server
     target = ms.sidecar_url or "nowhere (model_server.sidecar_url is not set)"
-    print(f"safety-monitor model server: {lm.model_id}, tap on layer {settings.model.layer} -> {target}, "
-          f"listening on http://{ms.host}:{ms.port}", file=sys.stderr, flush=True)
+    enc = server.encoding
+    ships = (f"{len(enc.latents)} SAE latents of {len(enc.detectors)} detectors (raw share {ms.raw_share:g})"
+             if enc is not None else "activations")
+    print(f"safety-monitor model server: {lm.model_id}, tap on layer {settings.model.layer} ships {ships} -> "
+          f"{target}, listening on http://{ms.host}:{ms.port}", file=sys.stderr, flush=True)
     uvicorn.run(create_model_server_app(server), host=ms.host, port=ms.port, log_level=settings.server.log_level,
                 access_log=settings.server.access_log)
     return 0

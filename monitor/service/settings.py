@@ -242,6 +242,13 @@ class ModelServerSettings(_Section):
     """Upper bound on ``max_new_tokens`` of a chat call."""
     torch_threads: int = Field(1, ge=1, le=256)
     """Intra-op threads of the model."""
+    encode_at_tap: bool = False
+    """Ship the monitored SAE latents, computed on the model's device, instead of the activations (the
+    detectors' latents per token instead of ``d_model`` numbers). The model server then loads the SAE slice
+    of the enabled detectors (``sae.*``, ``detectors.*``, as the sidecar does) and refuses to start without any."""
+    raw_share: float = Field(0.0, ge=0, le=1)
+    """With ``encode_at_tap``: share of requests (picked by a hash of the request id) whose activations are
+    shipped instead, for calibration and drift work."""
 
 
 class Settings(BaseSettings):
@@ -296,6 +303,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"limits.max_requests_per_batch: {self.limits.max_requests_per_batch} exceeds "
                 f"limits.max_active_requests ({self.limits.max_active_requests}); one batch must fit in the state table"
+            )
+        if self.model_server.raw_share > 0 and not self.model_server.encode_at_tap:
+            raise ValueError(
+                f"model_server.raw_share: {self.model_server.raw_share} only applies with model_server.encode_at_tap: "
+                "true (without it every request ships its activations); set both, or raw_share: 0"
             )
         if not self.auth.disabled:
             tokens = {}

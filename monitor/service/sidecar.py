@@ -117,6 +117,31 @@ def _detector_latents(settings: Settings) -> list[int] | None:
         return None
 
 
+def load_monitored_sae(settings: Settings, *, device: str | torch.device = "cpu",
+                       dtype: torch.dtype | None = None) -> FrozenSAE:
+    """The configured SAE, pinned, holding only the encoder columns of the configured detectors' latents (the
+    pin still covers the whole file): a 131k-latent SAE then costs megabytes, not gigabytes. ``device`` and
+    ``dtype``: as for ``FrozenSAE.load``. Raises ``SidecarStartError`` naming the setting to fix."""
+    path, expected = resolve_sae(settings)
+    if not Path(path).exists():
+        raise SidecarStartError(f"sae.path: {path} does not exist")
+    try:
+        return FrozenSAE.load(path, expected_sha256=expected, latents=_detector_latents(settings), device=device,
+                              dtype=dtype)
+    except SAELoadError as exc:
+        field = "sae.sha256" if "was expected" in str(exc) else "sae.path"
+        raise SidecarStartError(f"{field}: {exc}") from None
+
+
+def load_detectors(settings: Settings, sae: FrozenSAE) -> DetectorLoad:
+    """The enabled detector specs the settings point at, each checked against ``sae`` (sha256 and width).
+    Raises ``SidecarStartError`` naming ``detectors.dir``."""
+    try:
+        return read_detectors(resolve_detector_dir(settings), sae, force_no_signal=settings.detectors.force_no_signal)
+    except SpecError as exc:
+        raise SidecarStartError(f"detectors.dir: {exc}") from None
+
+
 def calibration_summary(record: CalibrationRecord | None) -> CalibrationSummary | None:
     """The published view of a spec's calibration record (API and dashboard): the one conversion."""
     if record is None:
@@ -257,21 +282,8 @@ class Sidecar:
     def load(cls, settings: Settings, metrics: SidecarMetrics | None = None) -> Sidecar:
         """Load the SAE, the detectors, the alert pipeline and (if configured) the model."""
         torch.set_num_threads(settings.queue.torch_threads)
-        path, expected = resolve_sae(settings)
-        if not Path(path).exists():
-            raise SidecarStartError(f"sae.path: {path} does not exist")
-        try:
-            # Only the detectors' latents are ever encoded: hold just their encoder columns (the pin still
-            # covers the whole file). A 131k-latent SAE then costs megabytes, not gigabytes.
-            sae = FrozenSAE.load(path, expected_sha256=expected, latents=_detector_latents(settings))
-        except SAELoadError as exc:
-            field = "sae.sha256" if "was expected" in str(exc) else "sae.path"
-            raise SidecarStartError(f"{field}: {exc}") from None
-        try:
-            detectors = read_detectors(resolve_detector_dir(settings), sae,
-                                       force_no_signal=settings.detectors.force_no_signal)
-        except SpecError as exc:
-            raise SidecarStartError(f"detectors.dir: {exc}") from None
+        sae = load_monitored_sae(settings)
+        detectors = load_detectors(settings, sae)
         lm = None
         if settings.model.load:
             from monitor.lm.loading import ModelLoadError, load_model

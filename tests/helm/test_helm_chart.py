@@ -581,6 +581,8 @@ def test_outbox_volume_per_mode(chart: ChartKit):
         ({"terminationGracePeriodSeconds": 10}, "terminationGracePeriodSeconds=10 is too short"),
         ({"config": {"server": {"shutdown_drain_s": 50}}}, r"use at least 70"),
         ({"modelServer": {"port": 8000}}, "must differ"),
+        ({"modelServer": {"rawShare": 0.1}}, r"modelServer\.rawShare needs modelServer\.encodeAtTap"),
+        ({"modelServer": {"encodeAtTap": True, "command": ["my-server"]}}, "configures the example model server"),
     ],
 )
 def test_inconsistent_values_fail_with_a_message(chart: ChartKit, extra, message):
@@ -757,6 +759,23 @@ def test_custom_model_server_keeps_its_command_and_probes(chart: ChartKit):
     assert ms["command"] == values["modelServer"]["command"] and ms["args"] == values["modelServer"]["args"]
     assert ms["livenessProbe"] == {"tcpSocket": {"port": "http"}}
     assert "SAFETY_MONITOR_AUTH__INGEST_TOKEN" in env_of(ms)
+
+
+def test_encode_at_tap_gives_the_model_server_the_sae_and_the_detectors(chart: ChartKit, tmp_path, monkeypatch):
+    r = chart.render_scenario(BY_NAME["sae-pvc"], {"modelServer": {"encodeAtTap": True, "rawShare": 0.05}})
+    pod = r.pod()
+    ms = container(pod, "model-server")
+    s = load_pod_settings(r, ms, tmp_path, monkeypatch)
+    assert s.model_server.encode_at_tap is True and s.model_server.raw_share == 0.05
+    # It loads the SAE slice and the specs from where the sidecar does, read-only.
+    for name in ("sae", "detectors"):
+        assert mount(ms, name) == mount(sidecar(pod), name) and mount(ms, name)["readOnly"] is True
+    assert Path(s.sae.path).is_relative_to(mount(ms, "sae")["mountPath"])
+    assert str(s.detectors.dir) == mount(ms, "detectors")["mountPath"]
+    # Off by default: not in the settings file (which rolls the pod when it changes), nothing mounted.
+    off = chart.render_scenario(BY_NAME["sae-pvc"])
+    assert "encode_at_tap" not in off.settings()["model_server"]
+    assert not {m["name"] for m in container(off.pod(), "model-server")["volumeMounts"]} & {"sae", "detectors"}
 
 
 def test_image_digest_wins_over_tag(chart: ChartKit):

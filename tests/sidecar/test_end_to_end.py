@@ -3,7 +3,9 @@
 A conversation goes to the model server's chat endpoint with a request id; the tap ships the
 activations over HTTP to the sidecar, which scores them with a detector this test wrote (latents
 observed active on the same conversation, threshold at half of the score they reach) and commits
-the alert to its SQLite outbox under the same request id.
+the alert to its SQLite outbox under the same request id. With ``model_server.encode_at_tap`` the tap
+ships the detector's SAE latents instead, and the sidecar's per-request features and scores are the
+same bits as for the activations.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from sidecar_testkit import (
 
 from detectors.scoring import DetectorBank
 from detectors.spec import DetectorSpec
-from monitor.lm.tap import CollectingSink
-from monitor.model_server import ChatRequest, ModelServer
+from monitor.lm.tap import CollectingSink, raw_share_pick
+from monitor.model_server import ChatRequest, ModelServer, ModelServerStartError
 from monitor.sae import FrozenSAE, SAEConfig
 from monitor.service.settings import load_settings
 
@@ -110,19 +112,39 @@ def outbox_rows(path: Path) -> list[tuple[str, str]]:
         db.close()
 
 
-def test_model_server_to_sidecar_conversation_raises_an_alert_with_the_request_id(default_model, tmp_path):
-    sae = random_sae(tmp_path / "sae")
-    sidecar_port, server_port = free_port(), free_port()
-    outbox = tmp_path / "outbox.sqlite3"
+def write_config(tmp_path: Path, sae: FrozenSAE, sidecar_port: int, server_port: int, extra: str = "",
+                 model_server: str = "") -> Path:
+    """The one settings file both processes read; ``extra``: more YAML sections, ``model_server``: more lines
+    of that section."""
     config = tmp_path / "config.yaml"
     config.write_text(
         f"sae:\n  path: {tmp_path / 'sae'}\n  sha256: '{sae.sha256}'\n"
         f"detectors:\n  dir: {tmp_path / 'detectors'}\n"
         f"auth:\n  ingest_token: {INGEST}\n  admin_token: {ADMIN}\n"
-        f"alerts:\n  console: false\n  outbox:\n    path: {outbox}\n"
+        f"alerts:\n  console: false\n  outbox:\n    path: {tmp_path / 'outbox.sqlite3'}\n"
         f"server:\n  port: {sidecar_port}\n  log_level: warning\n"
-        f"model_server:\n  port: {server_port}\n  sidecar_url: http://127.0.0.1:{sidecar_port}\n"
+        f"model_server:\n  port: {server_port}\n  sidecar_url: http://127.0.0.1:{sidecar_port}\n{model_server}"
+        + extra
     )
+    return config
+
+
+def stop_and_check(tmp_path: Path, *procs: Proc | None) -> None:
+    """Stop the processes, print their logs' tails; uvicorn re-raises SIGTERM after a graceful shutdown,
+    so -15 is a clean exit here."""
+    codes = [p.stop() for p in procs if p is not None]
+    for p in procs:
+        if p is not None:
+            sys.stderr.write(f"--- {p.log.name}\n{p.log.read_text()[-3000:]}\n")
+    assert all(c in (0, -signal.SIGTERM) for c in codes), codes
+    assert "Traceback" not in "".join(p.log.read_text() for p in procs if p is not None)
+
+
+def test_model_server_to_sidecar_conversation_raises_an_alert_with_the_request_id(default_model, tmp_path):
+    sae = random_sae(tmp_path / "sae")
+    sidecar_port, server_port = free_port(), free_port()
+    outbox = tmp_path / "outbox.sqlite3"
+    config = write_config(tmp_path, sae, sidecar_port, server_port)
     settings = load_settings(config)
     spec = observed_detector(default_model, sae, settings)
     spec.save(tmp_path / "detectors" / "e2e_probe.json")
@@ -152,14 +174,97 @@ def test_model_server_to_sidecar_conversation_raises_an_alert_with_the_request_i
         wait_until(lambda: 'safety_monitor_requests_finished_total{reason="final"} 1.0'
                    in httpx.get(f"http://127.0.0.1:{sidecar_port}/metrics").text, timeout_s=10,
                    what="the final flag to reach the sidecar")
+        assert httpx.get(f"http://127.0.0.1:{server_port}/healthz").json()["tap"] == "activations"
     finally:
-        codes = [p.stop() for p in (server, sidecar) if p is not None]
-        for p in (server, sidecar):
-            if p is not None:
-                sys.stderr.write(f"--- {p.log.name}\n{p.log.read_text()[-3000:]}\n")
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: -15 is a clean exit here.
-    assert all(c in (0, -signal.SIGTERM) for c in codes), codes
-    assert "Traceback" not in (tmp_path / "sidecar.log").read_text() + (tmp_path / "model-server.log").read_text()
+        stop_and_check(tmp_path, server, sidecar)
+
+
+def sampled_features(path: Path) -> dict[str, tuple[float, bytes, int]]:
+    """The sidecar's traffic samples: request id -> (final score, aggregated features, alerted)."""
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = db.execute("SELECT s.request_id, f.score, f.features, f.alerted FROM samples s "
+                          "JOIN features f ON f.sample_id = s.id").fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return {}
+    finally:
+        db.close()
+    return {rid: (score, bytes(features), alerted) for rid, score, features, alerted in rows}
+
+
+def two(found):
+    """``found`` once it holds two entries, else None (for ``wait_until``)."""
+    return found if len(found) == 2 else None
+
+
+def first_id(prefix: str, raw: bool, share: float) -> str:
+    return next(f"{prefix}-{i}" for i in range(1000) if raw_share_pick(f"{prefix}-{i}", share) == raw)
+
+
+def test_encoding_at_the_tap_scores_like_activations(default_model, tmp_path):
+    """``model_server.encode_at_tap`` with ``raw_share: 0.5``: the same conversation under an id shipped as
+    latents and one shipped as activations ends with the same features and score in the sidecar (it records
+    every finished request as a traffic sample), and both raise the alert."""
+    sae = random_sae(tmp_path / "sae")
+    sidecar_port, server_port = free_port(), free_port()
+    samples = tmp_path / "samples.sqlite3"
+    sampling = f"samples:\n  enabled: true\n  rate: 1.0\n  path: {samples}\n"
+    settings = load_settings(write_config(tmp_path, sae, sidecar_port, server_port, sampling))
+    spec = observed_detector(default_model, sae, settings)  # (the detector must exist before encoding)
+    spec.save(tmp_path / "detectors" / "e2e_probe.json")
+    config = write_config(tmp_path, sae, sidecar_port, server_port, sampling,
+                          model_server="  encode_at_tap: true\n  raw_share: 0.5\n")
+    latent_id, raw_id = first_id("e2e-latents", False, 0.5), first_id("e2e-raw", True, 0.5)
+
+    sidecar = Proc(["serve", "--config", str(config)], tmp_path / "sidecar.log")
+    server = None
+    try:
+        wait_http(f"http://127.0.0.1:{sidecar_port}/readyz", 60, sidecar.proc)
+        server = Proc(["model-server", "--config", str(config)], tmp_path / "model-server.log")
+        wait_http(f"http://127.0.0.1:{server_port}/healthz", 120, server.proc)
+        health = httpx.get(f"http://127.0.0.1:{server_port}/healthz").json()
+        assert (health["tap"], health["monitored_latents"], health["raw_share"]) == ("latents", 3, 0.5)
+        for rid in (latent_id, raw_id):
+            r = httpx.post(f"http://127.0.0.1:{server_port}/v1/chat", headers={"X-Request-ID": rid},
+                           json={"messages": CONVERSATION, "max_new_tokens": NEW_TOKENS}, timeout=120)
+            assert r.status_code == 200, r.text
+        n_tokens = r.json()["prompt_tokens"] + r.json()["completion_tokens"] - 1
+
+        got = wait_until(lambda: two(sampled_features(samples)), timeout_s=30, interval_s=0.2,
+                         what="both requests in the traffic samples")
+        assert got[latent_id] == got[raw_id]  # score, features (same bits) and alerted
+        assert got[latent_id][0] >= spec.threshold and got[latent_id][2] == 1
+        alerts = wait_until(lambda: two(outbox_rows(tmp_path / "outbox.sqlite3")), timeout_s=30, interval_s=0.2,
+                            what="both alerts")
+        assert sorted(rid for rid, _ in alerts) == sorted([latent_id, raw_id])
+        assert {json.loads(a)["detector"] for _, a in alerts} == {"e2e_probe"}
+
+        # One request went as latents, one as activations, each whole.
+        metrics = httpx.get(f"http://127.0.0.1:{server_port}/metrics").text
+        for kind in ("latents", "activations"):
+            assert f'safety_monitor_model_server_tap_tokens_shipped_total{{kind="{kind}"}} {float(n_tokens)}' in metrics
+        assert "safety_monitor_model_server_tap_monitored_latents 3.0" in metrics
+    finally:
+        stop_and_check(tmp_path, server, sidecar)
+
+
+def test_encode_at_tap_refuses_to_start_without_detectors_or_with_another_sae(default_model, tmp_path):
+    sae = random_sae(tmp_path / "sae")
+    other = random_sae(tmp_path / "other", d_sae=256)
+    settings = write_config(tmp_path, sae, free_port(), free_port(), model_server="  encode_at_tap: true\n")
+    (tmp_path / "detectors").mkdir()
+    with pytest.raises(ModelServerStartError, match="no enabled detector"):
+        ModelServer(load_settings(settings), default_model)
+    spec = DetectorSpec(name="other_sae", concept="test", model="smollm2-135m-instruct", hook="blocks.15.hook_resid_post",
+                        sae_sha256=other.sha256, latents=[1, 2], weights=[1.0, 1.0], threshold=1.0)
+    spec.save(tmp_path / "detectors" / "other_sae.json")
+    with pytest.raises(ModelServerStartError, match="detectors.dir: .*other_sae"):
+        ModelServer(load_settings(settings), default_model)
+    with pytest.raises(ModelServerStartError, match="sae.sha256"):
+        ModelServer(load_settings(settings, sae={"path": str(tmp_path / "sae"), "sha256": other.sha256}),
+                    default_model)
 
 
 def test_model_server_propagates_and_checks_request_ids(default_model, tmp_path):

@@ -210,6 +210,12 @@ Checks that templates cannot express in the schema; each failure says which valu
 {{- if eq (int $v.sidecar.port) (int $v.modelServer.port) -}}
 {{- fail "sidecar.port and modelServer.port must differ (the containers share the pod's network namespace)" -}}
 {{- end -}}
+{{- if and (gt (float64 $v.modelServer.rawShare) 0.0) (not $v.modelServer.encodeAtTap) -}}
+{{- fail "modelServer.rawShare needs modelServer.encodeAtTap (without it every request ships its activations)" -}}
+{{- end -}}
+{{- if and $v.modelServer.encodeAtTap $v.modelServer.command -}}
+{{- fail "modelServer.encodeAtTap configures the example model server; a custom modelServer.command attaches its own tap with an encoder (docs/sidecar.md)" -}}
+{{- end -}}
 {{- $drain := dig "server" "shutdown_drain_s" 5 $v.config | int -}}
 {{- $need := add $drain 20 (ternary (int $v.sidecar.legacyPreStopSleepSeconds) 0 (not (include "safety-monitor.nativeSidecar" .))) -}}
 {{- if lt (int $v.terminationGracePeriodSeconds) (int $need) -}}
@@ -229,6 +235,10 @@ The schema rejects the owned keys inside `config`, so nothing is silently overri
   "model_server" (dict "host" "0.0.0.0" "port" (int $v.modelServer.port) "sidecar_url" (printf "http://127.0.0.1:%d" (int $v.sidecar.port)))
   "alerts" (dict "outbox" (dict "path" (printf "%s/alerts-outbox.sqlite3" (include "safety-monitor.outboxDir" .))))
 -}}
+{{- if $v.modelServer.encodeAtTap -}}
+{{- $_ := set $owned.model_server "encode_at_tap" true -}}
+{{- $_ := set $owned.model_server "raw_share" (float64 $v.modelServer.rawShare) -}}
+{{- end -}}
 {{- $saePath := include "safety-monitor.saePath" . -}}
 {{- $sae := dict -}}
 {{- if $saePath }}{{ $_ := set $sae "path" $saePath }}{{ end -}}

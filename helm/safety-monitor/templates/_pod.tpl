@@ -127,6 +127,15 @@ Sidecar placement ("safety-monitor.nativeSidecar"):
       readOnly: true
     - name: model-server-tmp
       mountPath: /tmp
+    {{- if $ms.encodeAtTap }}
+    {{- /* it loads the SAE slice and the detector specs as the sidecar does */}}
+    {{- with include "safety-monitor.saeVolumeMount" . | trim }}{{ nindent 4 . }}{{- end }}
+    {{- if include "safety-monitor.detectorsConfigMap" . }}
+    - name: detectors
+      mountPath: {{ include "safety-monitor.detectorsDir" . }}
+      readOnly: true
+    {{- end }}
+    {{- end }}
     {{- with include "safety-monitor.cacheMount" . | trim }}{{ nindent 4 . }}{{- end }}
     {{- with $ms.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
