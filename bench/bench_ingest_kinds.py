@@ -136,8 +136,8 @@ def main() -> None:
           f"{'parse ms':>10}")
     for form, r in result["forms"].items():
         runs_s = "/".join(f"{x // 1000}k" for x in r["http_runs"])
-        print(f"{form:<24}{r['body_kb']:>9}{r['http_tokens_per_s']:>15,}{runs_s:>20}{r['sidecar_cpu_s_per_mtok']:>12}"
-              f"{r['in_process_tokens_per_s']:>12,}{r['parse_ms_per_batch']:>10}")
+        print(f"{form:<24}{r['body_kb']:>9.1f}{r['http_tokens_per_s']:>15,.0f}{runs_s:>20}"
+              f"{r['sidecar_cpu_s_per_mtok']:>12.2f}{r['in_process_tokens_per_s']:>12,}{r['parse_ms_per_batch']:>10.3f}")
     for form in ("decode/v2-activations", "decode/v2-latents"):
         v = result["forms"][form]["http_tokens_per_s"]
         print(f"target >= {TARGET:,} tokens/s decode-heavy over HTTP, {form}: {'met' if v >= TARGET else 'MISSED'}")
