@@ -12,7 +12,8 @@ detector, so the span and the content decide, not the format):
 * train split (the concept's examples plus benign train rows as extra negatives, multi-turn dialogues
   capped): for each aggregation (max, mean, window), latents that separate the concept the same way in
   every source and are not formatting latents (``admissible_latents``) are selected and the linear
-  detector fit (``discover``); the dense probe baseline on the same examples and span (``probe``);
+  detector fit (``discover``), every source counting once in the ranking and the CV judgement
+  (``CalibrationConfig.balance_sources``); the dense probe baseline on the same examples and span (``probe``);
 * the aggregation is chosen by the mean of: grouped CV AUROC on the train split; where the concept has
   several sources, the AUROC of a fit without each source on that source's train rows; and recall on the
   calibration positives at the per-slice threshold of the calibration benign traffic, so an aggregation
@@ -80,6 +81,11 @@ class CalibrationConfig:
     (0.87 of it), fit without the multiple-choice power-seeking source the detector ranked that source
     backwards (0.39); with the benign rows weighted like the concept's negatives but only a sixth as
     many of them, the scam detector's recall at 1 % FPR was 0.82 instead of 0.89."""
+    balance_sources: bool = True
+    """Rank candidate latents and judge latent sets with every source of the concept counting once (the
+    pooled AUROC and each source's own, averaged: ``fit_detector(sources=...)``) instead of by the pooled
+    AUROC alone, in which a large, easy source (SMS spam) chose the latents and the hard one that matters
+    most (the model's own e-mails) got what was left."""
 
 
 @dataclass
@@ -325,12 +331,15 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
         for agg in cfg.aggregations:
             f = feats_by_span[span][agg]
             allowed, rejected[f"{span}/{agg}"] = admissible_latents(f[own], y_tr[own], src_tr[own], excluded)
-            det = fit_detector(f, y_tr, g_tr, disc, judged=own, sample_weight=w_tr, allowed=allowed)
+            by_source = src_tr if cfg.balance_sources else None
+            det = fit_detector(f, y_tr, g_tr, disc, judged=own, sample_weight=w_tr, allowed=allowed,
+                               sources=by_source)
             without, unseen = {}, {}
             for src in loso_sources:
                 rest, held = src_tr != src, own & (src_tr == src)
                 without[src] = fit_detector(f[rest], y_tr[rest], g_tr[rest], disc, judged=own[rest],
-                                            sample_weight=w_without[src], allowed=allowed)
+                                            sample_weight=w_without[src], allowed=allowed,
+                                            sources=None if by_source is None else by_source[rest])
                 unseen[src] = auroc(without[src].score(f[held]), y_tr[held])
             choice = SpanChoice(det, without, unseen)
             choice.calibration_recall = _calibration_recall(det, span, agg)
@@ -428,6 +437,7 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
         {k: round(float(v.cv_auroc), 4) for k, v in choices.items()}, span_choice_score=
         {k: round(float(v.selection_score), 4) for k, v in choices.items()}, activations_compute_dtype=cache.compute_dtype,
         threshold_slice=sliced.binding, fpr_by_slice=unseen_by_slice,
+        latent_selection="source_balanced" if cfg.balance_sources else "pooled",
     )
     labels = latent_labels or {}
     what = {"reply": "the model's reply", "request": "the user's turn"}.get(kind or "", f"{span} tokens")

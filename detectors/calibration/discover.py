@@ -30,6 +30,13 @@ from an Alpaca instruction), and the 32 latents went to rejecting benign text in
 concept's contrast: power-seeking fell to 0.930 test AUROC. Ranked and judged on the concept's rows,
 it reached 0.961.
 
+Why every source counts once (``sources``): pooled over the concept's rows, a large source that is easy
+to rank decides both the candidates and the CV judgement. The reply scam detector has SMS spam rendered
+as replies (single latents reach 0.98 on it) beside the model's own e-mails (no latent above 0.8);
+pooled, the candidates were SMS latents and the e-mails got what was left. With ``sources``, a latent's
+strength is the mean of its pooled and per-source separations and a latent set's CV AUROC is the mean of
+the pooled and per-source AUROCs (``detectors.calibration.stats.source_balanced_auroc``).
+
 The span (which tokens) and aggregation (max or mean) are chosen the same way, by grouped CV AUROC.
 """
 
@@ -43,7 +50,12 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
-from detectors.calibration.stats import auroc, auroc_columns
+from detectors.calibration.stats import (
+    auroc,
+    auroc_columns,
+    source_balanced_auroc,
+    source_balanced_separation,
+)
 from detectors.spec import linear_score
 
 
@@ -91,12 +103,15 @@ class LinearDetector:
         return linear_score(self.bias, np.asarray(self.weights), features[:, cols])
 
 
-def rank_latents(features: np.ndarray, labels: np.ndarray, top: int | None = None) -> list[LatentRank]:
-    """Latents sorted by how far their AUROC is from 0.5 (either direction)."""
+def rank_latents(features: np.ndarray, labels: np.ndarray, top: int | None = None,
+                 sources: np.ndarray | None = None) -> list[LatentRank]:
+    """Latents sorted by how far their AUROC is from 0.5 (either direction); with ``sources``, by that
+    distance averaged over the pooled rows and each source (``source_balanced_separation``)."""
     a = auroc_columns(features, labels)
     a = np.nan_to_num(a, nan=0.5)
     pos, neg = features[labels == 1].mean(0), features[labels == 0].mean(0)
-    order = np.argsort(-np.abs(a - 0.5), kind="stable")[:top]
+    strength = np.abs(a - 0.5) if sources is None else source_balanced_separation(features, labels, sources)
+    order = np.argsort(-strength, kind="stable")[:top]
     return [LatentRank(int(j), float(a[j]), float(pos[j]), float(neg[j])) for j in order]
 
 
@@ -109,14 +124,19 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, penalty: str, w: np.ndarray | N
 
 
 def _cv_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, penalty: str, folds: int,
-              judged: np.ndarray | None = None, w: np.ndarray | None = None) -> float:
-    """Grouped cross-validated AUROC, over the rows in ``judged`` (default: all)."""
+              judged: np.ndarray | None = None, w: np.ndarray | None = None,
+              sources: np.ndarray | None = None) -> float:
+    """Grouped cross-validated AUROC, over the rows in ``judged`` (default: all); with ``sources`` (per row),
+    source-balanced (``source_balanced_auroc``)."""
     scores = np.zeros(len(y))
     for tr, te in GroupKFold(n_splits=folds).split(x, y, groups):
         if len(np.unique(y[tr])) < 2:
             return float("nan")
         scores[te] = _fit(x[tr], y[tr], c, penalty, None if w is None else w[tr]).decision_function(x[te])
-    return auroc(scores, y) if judged is None else auroc(scores[judged], y[judged])
+    rows = slice(None) if judged is None else judged
+    if sources is None:
+        return auroc(scores[rows], y[rows])
+    return source_balanced_auroc(scores[rows], y[rows], np.asarray(sources)[rows])
 
 
 def _feature_scale(x: np.ndarray) -> np.ndarray:
@@ -138,17 +158,23 @@ def _prune(xs: np.ndarray, y: np.ndarray, kept: np.ndarray, target: int, w: np.n
 
 def fit_detector(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
                  cfg: DiscoveryConfig = DiscoveryConfig(), *, judged: np.ndarray | None = None,
-                 sample_weight: np.ndarray | None = None, allowed: np.ndarray | None = None) -> LinearDetector:
+                 sample_weight: np.ndarray | None = None, allowed: np.ndarray | None = None,
+                 sources: np.ndarray | None = None) -> LinearDetector:
     """Select at most ``cfg.max_latents`` latents and fit the linear detector (see module docstring).
 
     ``judged``: the rows that rank the candidate latents and whose cross-validated AUROC chooses among
     latent sets (default: all); the other rows only train. ``allowed``: the latent ids that may be used
-    (default: all; calibration passes ``admissible_latents``).
+    (default: all; calibration passes ``admissible_latents``). ``sources``: each row's source; given, the
+    candidates are ranked and the latent sets judged with every source counting once
+    (``source_balanced_separation``, ``source_balanced_auroc``), so a large easy source does not choose the
+    latents of a small hard one.
     """
     labels = np.asarray(labels).astype(int)
     ranked_on = slice(None) if judged is None else judged
     pool = np.arange(features.shape[1]) if allowed is None else np.asarray(allowed, dtype=int)
-    cand = [int(pool[r.latent]) for r in rank_latents(features[ranked_on][:, pool], labels[ranked_on], cfg.candidates)]
+    src_judged = None if sources is None else np.asarray(sources)[ranked_on]
+    cand = [int(pool[r.latent]) for r in rank_latents(features[ranked_on][:, pool], labels[ranked_on], cfg.candidates,
+                                                      src_judged)]
     x = features[:, cand]
     mu, sd = x.mean(0), _feature_scale(x)
     xs = (x - mu) / sd
@@ -167,7 +193,7 @@ def fit_detector(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
         sets.append(np.arange(min(cfg.max_latents, len(cand))))
     best: tuple[float, list[int]] | None = None
     for kept in sets:
-        score = _cv_auroc(xs[:, kept], labels, groups, 1.0, "l2", cfg.folds, judged, sample_weight)
+        score = _cv_auroc(xs[:, kept], labels, groups, 1.0, "l2", cfg.folds, judged, sample_weight, sources)
         if best is None or score > best[0] + 1e-9:
             best = (score, kept.tolist())
     cv, kept = best

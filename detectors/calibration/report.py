@@ -124,8 +124,12 @@ def write_markdown(report: DetectorReport, spec: DetectorSpec, png: Path, path: 
                          f"{_f(m['recall'])} | {_f(m['fpr'])} |")
     unseen = report.unseen_source_auroc_by_choice
     if any(unseen.values()):
-        lines += ["", ("Span and aggregation chosen by the mean of the grouped 5-fold CV AUROC on the train split and "
-                  "the mean AUROC, on each source's train rows, of the fit made without that source:"), "",
+        balanced = spec.calibration.model_extra.get("latent_selection") == "source_balanced"
+        cv = "grouped 5-fold CV AUROC (source-balanced: pooled and per source, averaged)" if balanced else \
+            "grouped 5-fold CV AUROC"
+        lines += ["", (f"Span and aggregation chosen by the mean of the {cv} on the train split, "
+                  "the mean AUROC, on each source's train rows, of the fit made without that source, and the "
+                  "recall on calibration positives at the per-slice threshold:"), "",
                   "| choice | CV AUROC | unseen-source AUROC | score |", "|---|---:|---|---:|"]
         score = spec.calibration.model_extra["span_choice_score"]  # what calibration chose by
         lines[-2:] = [("| choice | CV AUROC | unseen-source AUROC | calibration recall at the per-slice threshold | "

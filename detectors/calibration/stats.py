@@ -30,6 +30,39 @@ def auroc_columns(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (ranks[labels].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def source_strata(labels: np.ndarray, sources: np.ndarray | None, min_per_label: int = 10) -> list[np.ndarray]:
+    """Row masks a detector is judged on: all rows pooled, and each source holding at least ``min_per_label``
+    rows of each label (``sources`` None: the pooled rows alone)."""
+    labels = np.asarray(labels).astype(bool)
+    strata = [np.ones(len(labels), dtype=bool)]
+    if sources is not None:
+        sources = np.asarray(sources)
+        for src in sorted(set(sources.tolist())):
+            m = sources == src
+            if min(int(labels[m].sum()), int((~labels[m]).sum())) >= min_per_label and not m.all():
+                strata.append(m)
+    return strata
+
+
+def source_balanced_auroc(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray | None,
+                          min_per_label: int = 10) -> float:
+    """The mean of the pooled AUROC and the AUROC within each source with both labels
+    (``source_strata``): a source that is hard to rank counts as much as an easy one, however many rows it
+    has and however far its scores sit from the other sources'."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    return float(np.nanmean([auroc(scores[m], labels[m]) for m in source_strata(labels, sources, min_per_label)]))
+
+
+def source_balanced_separation(features: np.ndarray, labels: np.ndarray, sources: np.ndarray | None,
+                               min_per_label: int = 10) -> np.ndarray:
+    """Per column ``[d]``: the mean, over ``source_strata``, of ``|AUROC - 0.5|`` (how strongly a latent
+    separates the concept, each source counting once)."""
+    labels = np.asarray(labels)
+    parts = [np.abs(np.nan_to_num(auroc_columns(features[m], labels[m]), nan=0.5) - 0.5)
+             for m in source_strata(labels, sources, min_per_label)]
+    return np.mean(parts, axis=0)
+
+
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Exact two-sided interval for a binomial proportion ``k / n``."""
     if n == 0:

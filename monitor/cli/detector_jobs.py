@@ -84,7 +84,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if missing_benign(data_dir):
         print(f"[calibrate] benign files missing from {data_dir}: {', '.join(missing_benign(data_dir))}",
               file=sys.stderr)
-    cfg = CalibrationConfig(target_fpr=args.target_fpr, leave_one_source_out=not args.no_loso)
+    cfg = CalibrationConfig(target_fpr=args.target_fpr, leave_one_source_out=not args.no_loso,
+                            balance_sources=not args.pooled_selection)
     disc = DiscoveryConfig(max_latents=args.max_latents, candidates=args.candidates or DiscoveryConfig.candidates)
     summary = {}
     benign_by_kind = {}  # read once per kind, not once per concept and kind
@@ -260,6 +261,9 @@ def register(sub) -> None:
     cal.add_argument("--max-benign-per-file", type=int, default=None,
                      help="benign rows sampled per benign file (default: all; more rows, lower thresholds)")
     cal.add_argument("--no-loso", action="store_true", help="skip leave-one-source-out fits (the span is then chosen by CV alone)")
+    cal.add_argument("--pooled-selection", action="store_true",
+                     help="rank and judge latents by the pooled AUROC over all sources (default: every source "
+                          "counts once, the pooled AUROC and each source's own averaged)")
     cal.add_argument("--activations-only", action="store_true",
                      help="only compute and cache the examples' activations (e.g. while an SAE trains), then stop")
     cal.add_argument("--model", default=DEFAULT_MODEL_ID)

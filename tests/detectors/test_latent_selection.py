@@ -56,3 +56,45 @@ def test_labels_mark_answer_letters_and_phone_numbers_as_formatting():
     assert labels[1].formatting
     assert not labels[2].formatting and '"password"' in labels[2].label
     assert "[[ password]]" in labels[2].contexts[0]
+
+
+def _easy_large_source_and_hard_small_one(seed=0):
+    """SMS-like source ``easy`` (1,000 rows): latent 0 separates it almost perfectly, latents 2 and 3 a little;
+    none of them means anything in ``hard`` (200 rows, the model's own e-mails), where only latent 1 does."""
+    rng = np.random.default_rng(seed)
+    src = np.repeat(np.array(["easy", "hard"]), [1000, 200])
+    y = np.tile([0, 1], 600)
+    x = rng.normal(0, 1, (1200, 8))
+    easy, hard = src == "easy", src == "hard"
+    x[easy, 0] += 4.0 * y[easy]
+    x[easy, 2] += 0.6 * y[easy]
+    x[easy, 3] += 0.6 * y[easy]
+    x[hard, 1] += 2.0 * y[hard]
+    return x, y, src
+
+
+def test_source_balanced_selection_serves_the_hard_source_a_large_easy_one_would_crowd_out():
+    from detectors.calibration.stats import auroc, source_balanced_auroc
+
+    x, y, src = _easy_large_source_and_hard_small_one()
+    cfg = DiscoveryConfig(max_latents=2, candidates=3, folds=3)
+    pooled = fit_detector(x, y, np.arange(len(y)), cfg)
+    balanced = fit_detector(x, y, np.arange(len(y)), cfg, sources=src)
+    hard = src == "hard"
+    assert 1 not in pooled.latents  # pooled, the easy source's weak latents outrank the hard source's only signal
+    assert 1 in balanced.latents and 0 in balanced.latents
+    assert auroc(balanced.score(x[hard]), y[hard]) > auroc(pooled.score(x[hard]), y[hard]) + 0.15
+    # the criterion: pooled and within each two-label source, averaged
+    s = balanced.score(x)
+    want = np.mean([auroc(s, y), auroc(s[~hard], y[~hard]), auroc(s[hard], y[hard])])
+    assert abs(source_balanced_auroc(s, y, src) - want) < 1e-12
+
+
+def test_a_source_with_one_label_only_joins_the_pooled_rows_but_is_not_judged_alone():
+    from detectors.calibration.stats import source_strata
+
+    y = np.array([1] * 30 + [0, 1] * 20)
+    src = np.array(["requests_for_fraud"] * 30 + ["pairs"] * 40)
+    strata = source_strata(y, src)
+    assert len(strata) == 2 and strata[0].all() and (strata[1] == (src == "pairs")).all()
+    assert len(source_strata(y, None)) == 1
