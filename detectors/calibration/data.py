@@ -285,6 +285,43 @@ def load_long_documents(data_dir: Path, *, n: int = 600, chars: int = 5200, kind
     return for_kind(out, "text", kind)
 
 
+CHAINED_CHAT_FILE = "benign/refusal_direction_harmless_chat.jsonl"
+"""Single-exchange benign chats that ``load_chained_chats`` strings into multi-turn conversations."""
+
+
+def chain_exchanges(exchanges: list[Example], *, per_row: float = 1.0, turns: tuple[int, int] = (3, 6),
+                    seed: int = 0) -> list[Example]:
+    """Multi-turn benign conversations made of single exchanges (a user turn and a reply): within each
+    split, ``per_row`` conversations per exchange, each of ``turns[0]`` to ``turns[1]`` exchanges drawn
+    without repetition from that split, so a conversation never mixes splits. The SGD dialogues are short
+    service lines; an assistant that gives long, listed answers over several turns is another kind of
+    multi-turn traffic (request detectors read the whole conversation so far, earlier answers included)."""
+    by_split: dict[str, list[Example]] = defaultdict(list)
+    for e in exchanges:
+        if len(e.messages) == 2 and e.messages[0][0] == "user" and e.messages[1][0] == "assistant":
+            by_split[e.split].append(e)
+    rng = random.Random(seed)
+    out = []
+    for split in sorted(by_split):
+        rows = sorted(by_split[split], key=lambda e: e.key)
+        if len(rows) < turns[0]:
+            continue
+        for i in range(round(per_row * len(rows))):
+            picked = rng.sample(rows, min(len(rows), rng.randint(*turns)))
+            messages = tuple(m for e in picked for m in e.messages)
+            out.append(Example(messages, 0, "chained harmless chats", "chained_chats", f"chain/{split}/{i}", split,
+                               {"chained": len(picked)}))
+    return out
+
+
+def load_chained_chats(data_dir: Path, *, per_row: float = 1.0, kind: str = "request", seed: int = 0) -> list[Example]:
+    """``chain_exchanges`` over ``CHAINED_CHAT_FILE`` (none when the file is missing), rendered for ``kind``."""
+    path = data_dir / CHAINED_CHAT_FILE
+    if not path.exists() or per_row <= 0:
+        return []
+    return for_kind(chain_exchanges(load_file(path, name=CHAINED_CHAT_FILE), per_row=per_row, seed=seed), "both", kind)
+
+
 def subsample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
     """At most ``n`` examples, drawn as whole groups (pairs stay together) in a seeded order, balancing
     labels: each label gets up to half of ``n``, and a rare label keeps every example (scam positives

@@ -46,6 +46,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         CONCEPT_FILES,
         for_kind,
         load_benign,
+        load_chained_chats,
         load_checks,
         load_concept,
         load_file,
@@ -92,6 +93,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for kind in args.kinds:
         benign_by_kind[kind] = load_benign(data_dir, kind=kind, max_per_file=args.max_benign_per_file)
         benign_by_kind[kind] += load_long_documents(data_dir, n=args.long_documents, kind=kind)
+        benign_by_kind[kind] += load_chained_chats(data_dir, per_row=args.chained_chats, kind=kind)
         if args.benign:
             benign_by_kind[kind] += for_kind([e for p in args.benign for e in load_file(Path(p))], "both", kind)
     for concept in args.concepts:
@@ -274,6 +276,9 @@ def register(sub) -> None:
                      help="detector kinds: reply (the model's turn), request (the user's turn)")
     cal.add_argument("--long-documents", type=int, default=600,
                      help="long benign corpus documents (calibration and test only)")
+    cal.add_argument("--chained-chats", type=float, default=1.0,
+                     help="multi-turn benign conversations strung from single benign exchanges, per exchange "
+                          "(within each split; 0: none)")
     _add_compute_dtype(cal)
     cal.add_argument("--threads", type=int, default=0)
     cal.add_argument("--json", action="store_true")

@@ -1,0 +1,35 @@
+"""Benign traffic in the formats detectors meet live: single exchanges strung into multi-turn chats."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from detectors.calibration.data import Example, chain_exchanges, for_kind
+
+
+def _exchanges(n: int) -> list[Example]:
+    out = []
+    for i in range(n):
+        split = ("train", "calibration", "test")[i % 3]
+        out.append(Example((("user", f"question {i}"), ("assistant", f"answer {i}")), 0, "chats", "chats.jsonl",
+                           f"g{i}", split))
+    out.append(Example((("user", "a lone pasted text"),), 0, "chats", "chats.jsonl", "lone", "train"))
+    return out
+
+
+def test_chained_chats_never_mix_splits_and_read_as_multi_turn_benign_traffic():
+    rows = _exchanges(60)
+    split_of_text = {e.messages[0][1]: e.split for e in rows}
+    chains = chain_exchanges(rows, per_row=1.0, turns=(3, 6), seed=1)
+    assert Counter(c.split for c in chains) == {"train": 20, "calibration": 20, "test": 20}
+    for c in chains:
+        assert c.label == 0 and 6 <= c.n_turns <= 12 and c.n_turns % 2 == 0
+        users = [t for r, t in c.messages if r == "user"]
+        assert len(set(users)) == len(users)  # no exchange twice in one conversation
+        assert {split_of_text[u] for u in users} == {c.split}
+        assert [r for r, _ in c.messages] == ["user", "assistant"] * (c.n_turns // 2)
+    assert "a lone pasted text" not in {t for c in chains for _, t in c.messages}  # only whole exchanges
+    # the same conversation serves both kinds (one cached activation): the request detector reads it up to
+    # the final reply, the reply detector that reply
+    assert for_kind(chains, "both", "request") == chains == for_kind(chains, "both", "reply")
+    assert chain_exchanges(rows, per_row=1.0, seed=1) == chains  # seeded: the cache keys stay put
