@@ -8,12 +8,18 @@ tokens) for reference. Forms are interleaved round by round; medians. Also, per 
 parsed, queued and scored in this process without HTTP (the ceiling of the scoring path).
 
     .venv/bin/python bench/bench_ingest_kinds.py [--batches 600] [--rounds 2] [--clients 3] [--json]
+    .venv/bin/python bench/bench_ingest_kinds.py --compare-pinning    # + a sidecar with server.pin_cpu
+
+``--compare-pinning``: a second sidecar with ``server.pin_cpu`` set to the last CPU; each form is posted to
+both sidecars in turn, round by round (this client is not pinned: pinned to the other CPU, it kept the
+unpinned sidecar's threads off that CPU too, which hid the difference).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -100,6 +106,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=600, help="timed batches per form and round (512 tokens each)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
     ap.add_argument("--clients", type=int, default=3)
+    ap.add_argument("--compare-pinning", action="store_true",
+                    help="also run a sidecar pinned to the last CPU (server.pin_cpu)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -107,38 +115,46 @@ def main() -> None:
     sae_path, sae, sae_desc = bench_sae(tmp)
     specs = four_detectors(sae, tmp / "detectors")
     latents = sorted({lat for s in specs for lat in s.latents})
-    port = free_port()
-    config = write_config(tmp, sae_path, sae, tmp / "detectors", port)
-    side = SidecarProcess.start(config, port, tmp / "sidecar.log")
-    runs: dict[str, list[dict]] = {f: [] for f in FORMS}
+    sidecars = {}
     try:
+        for label in ("", " pinned") if args.compare_pinning else ("",):
+            port, home = free_port(), tmp / (label.strip() or "unpinned")
+            home.mkdir(exist_ok=True)
+            cpus = sorted(os.sched_getaffinity(0))
+            config = write_config(home, sae_path, sae, tmp / "detectors", port,
+                                  pin_cpu=len(cpus) - 1 if label else None)
+            sidecars[label] = SidecarProcess.start(config, port, home / "sidecar.log")
+        runs: dict[str, list[dict]] = {f + label: [] for f in FORMS for label in sidecars}
         for r in range(args.rounds):
             for form in FORMS:
-                runs[form].append(run_http(side, form, args.batches, args.clients, sae.sha256, latents, f"r{r}"))
+                for label, side in sidecars.items():
+                    runs[form + label].append(run_http(side, form, args.batches, args.clients, sae.sha256, latents,
+                                                       f"r{r}{label.strip()}"))
     finally:
-        side.stop()
+        for side in sidecars.values():
+            side.stop()
     in_process = {f: run_in_process(sae, specs, f, min(args.batches, 400), latents) for f in FORMS}
     result = {"machine": machine(), "sae": sae_desc, "rounds": args.rounds, "batches": args.batches, "forms": {}}
-    for form in FORMS:
-        rs = runs[form]
+    for form, rs in runs.items():
+        plain = form.split()[0]
         result["forms"][form] = {
             "http_tokens_per_s": statistics.median(x["tokens_per_s"] for x in rs),
             "http_runs": [x["tokens_per_s"] for x in rs],
             "sidecar_cpu_s_per_mtok": statistics.median(x["sidecar_cpu_s_per_mtok"] for x in rs),
-            "body_kb": rs[0]["body_kb"], "in_process_tokens_per_s": in_process[form]["tokens_per_s"],
-            "parse_ms_per_batch": in_process[form]["parse_ms_per_batch"]}
+            "body_kb": rs[0]["body_kb"], "in_process_tokens_per_s": in_process[plain]["tokens_per_s"],
+            "parse_ms_per_batch": in_process[plain]["parse_ms_per_batch"]}
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"machine: {result['machine']}\nSAE: {sae_desc}; 4 detectors, 64 latents; 512-token batches, "
           f"{args.clients} connections, {args.rounds} interleaved rounds of {args.batches} batches; medians\n")
-    print(f"{'form':<24}{'body kB':>9}{'HTTP tokens/s':>15}{'(runs)':>20}{'CPU s/Mtok':>12}{'in process':>12}"
+    print(f"{'form':<31}{'body kB':>9}{'HTTP tokens/s':>15}{'(runs)':>20}{'CPU s/Mtok':>12}{'in process':>12}"
           f"{'parse ms':>10}")
     for form, r in result["forms"].items():
         runs_s = "/".join(f"{x // 1000}k" for x in r["http_runs"])
-        print(f"{form:<24}{r['body_kb']:>9.1f}{r['http_tokens_per_s']:>15,.0f}{runs_s:>20}"
+        print(f"{form:<31}{r['body_kb']:>9.1f}{r['http_tokens_per_s']:>15,.0f}{runs_s:>20}"
               f"{r['sidecar_cpu_s_per_mtok']:>12.2f}{r['in_process_tokens_per_s']:>12,}{r['parse_ms_per_batch']:>10.3f}")
-    for form in ("decode/v2-activations", "decode/v2-latents"):
+    for form in [f for f in result["forms"] if f.startswith(("decode/v2-activations", "decode/v2-latents"))]:
         v = result["forms"][form]["http_tokens_per_s"]
         print(f"target >= {TARGET:,} tokens/s decode-heavy over HTTP, {form}: {'met' if v >= TARGET else 'MISSED'}")
 

@@ -71,13 +71,15 @@ def four_detectors(sae: FrozenSAE, directory: Path, *, threshold: float = 1e6, s
     return specs
 
 
-def write_config(workdir: Path, sae_path: Path, sae: FrozenSAE, detector_dir: Path, port: int, **extra: str) -> Path:
-    """A sidecar config file; ``extra``: additional YAML sections, verbatim."""
+def write_config(workdir: Path, sae_path: Path, sae: FrozenSAE, detector_dir: Path, port: int, *,
+                 pin_cpu: int | None = None, **extra: str) -> Path:
+    """A sidecar config file; ``pin_cpu``: ``server.pin_cpu``; ``extra``: additional YAML sections, verbatim."""
     text = (f"model:\n  id: {MODEL}\n  layer: 15\n"
             f"sae:\n  path: {sae_path}\n  sha256: '{sae.sha256}'\n"
             f"detectors:\n  dir: {detector_dir}\n"
             f"auth:\n  ingest_token: {INGEST}\n  admin_token: {ADMIN}\n"
-            f"server:\n  port: {port}\n  log_level: warning\n")
+            f"server:\n  port: {port}\n  log_level: warning\n"
+            + ("" if pin_cpu is None else f"  pin_cpu: {pin_cpu}\n"))
     if "alerts" not in extra:
         text += f"alerts:\n  console: false\n  outbox:\n    path: {workdir / 'outbox.sqlite3'}\n"
     for body in extra.values():

@@ -161,6 +161,19 @@ def cmd_sae_hash(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- serve / model-server
+def _pin_to_one_cpu(index: int | None) -> int | None:
+    """Restrict this thread, and every thread it starts from now on, to the ``index``-th CPU it may use
+    (``server.pin_cpu``); returns that CPU's number, or None when ``index`` is None."""
+    if index is None:
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if index >= len(allowed):
+        raise UsageError(f"server.pin_cpu: {index}, but this process may use only {len(allowed)} CPU(s) "
+                         f"({', '.join(map(str, allowed))}); use 0 to {len(allowed) - 1}")
+    os.sched_setaffinity(0, {allowed[index]})
+    return allowed[index]
+
+
 def _settings_from_args(args: argparse.Namespace, section: str):
     from monitor.service.settings import SettingsError, load_settings
 
@@ -186,6 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings_from_args(args, "server")
     _configure_logging(settings.server.log_level)
+    pinned = _pin_to_one_cpu(settings.server.pin_cpu)  # before any thread starts: they inherit it
     try:
         sidecar = Sidecar.load(settings)
     except SidecarStartError as exc:
@@ -197,7 +211,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gen = sidecar.generation
     print(f"safety-monitor sidecar: SAE {sidecar.sae.sha256[:12]} ({sidecar.sae.cfg.architecture}, "
           f"{sidecar.sae.cfg.d_sae} latents), {len(gen.specs)} detectors, {len(gen.latents)} monitored latents, "
-          f"listening on http://{settings.server.host}:{settings.server.port}", file=sys.stderr, flush=True)
+          f"listening on http://{settings.server.host}:{settings.server.port}"
+          + ("" if pinned is None else f", pinned to CPU {pinned}"), file=sys.stderr, flush=True)
     uvicorn.run(create_app(sidecar), host=settings.server.host, port=settings.server.port,
                 log_level=settings.server.log_level, access_log=settings.server.access_log,
                 timeout_graceful_shutdown=int(settings.server.shutdown_drain_s) + 5)

@@ -104,6 +104,12 @@ class ServerSettings(_Section):
     """Log one line per HTTP request (hundreds per second under load)."""
     shutdown_drain_s: float = Field(5.0, ge=0, le=600)
     """On shutdown, how long queued batches may still be scored and their alerts emitted."""
+    pin_cpu: int | None = Field(None, ge=0, le=4095)
+    """Run the whole sidecar on one CPU: the ``pin_cpu``-th of the CPUs it may use (0: the first). Its
+    Python threads (HTTP loop, scoring worker) share one interpreter lock; on two cores they hand it to each
+    other at every tensor operation, and decode-heavy ingest ran 2.9x slower than on one (docs/performance.md).
+    Pin only where that CPU is the sidecar's own (an exclusive cpuset, a machine of its own): sidecars pinned
+    to the same CPU share it. Needs ``queue.torch_threads`` 1. ``None``: no pinning."""
 
 
 class QueueSettings(_Section):
@@ -303,6 +309,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"limits.max_requests_per_batch: {self.limits.max_requests_per_batch} exceeds "
                 f"limits.max_active_requests ({self.limits.max_active_requests}); one batch must fit in the state table"
+            )
+        if self.server.pin_cpu is not None and self.queue.torch_threads != 1:
+            raise ValueError(
+                f"server.pin_cpu: {self.server.pin_cpu} runs the sidecar on one CPU, so queue.torch_threads "
+                f"({self.queue.torch_threads}) would share it; set queue.torch_threads: 1 or drop pin_cpu"
             )
         if self.model_server.raw_share > 0 and not self.model_server.encode_at_tap:
             raise ValueError(
