@@ -15,6 +15,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -140,6 +142,20 @@ def stop_and_check(tmp_path: Path, *procs: Proc | None) -> None:
     assert "Traceback" not in "".join(p.log.read_text() for p in procs if p is not None)
 
 
+@contextmanager
+def sidecar_and_model_server(tmp_path: Path, config: Path, sidecar_port: int, server_port: int) -> Iterator[None]:
+    """``serve`` and ``model-server`` on one config, both ready; then both stopped, exits and logs checked."""
+    sidecar = Proc(["serve", "--config", str(config)], tmp_path / "sidecar.log")
+    server = None
+    try:
+        wait_http(f"http://127.0.0.1:{sidecar_port}/readyz", 60, sidecar.proc)
+        server = Proc(["model-server", "--config", str(config)], tmp_path / "model-server.log")
+        wait_http(f"http://127.0.0.1:{server_port}/healthz", 120, server.proc)
+        yield
+    finally:
+        stop_and_check(tmp_path, server, sidecar)
+
+
 def test_model_server_to_sidecar_conversation_raises_an_alert_with_the_request_id(default_model, tmp_path):
     sae = random_sae(tmp_path / "sae")
     sidecar_port, server_port = free_port(), free_port()
@@ -149,12 +165,7 @@ def test_model_server_to_sidecar_conversation_raises_an_alert_with_the_request_i
     spec = observed_detector(default_model, sae, settings)
     spec.save(tmp_path / "detectors" / "e2e_probe.json")
 
-    sidecar = Proc(["serve", "--config", str(config)], tmp_path / "sidecar.log")
-    server = None
-    try:
-        wait_http(f"http://127.0.0.1:{sidecar_port}/readyz", 60, sidecar.proc)
-        server = Proc(["model-server", "--config", str(config)], tmp_path / "model-server.log")
-        wait_http(f"http://127.0.0.1:{server_port}/healthz", 120, server.proc)
+    with sidecar_and_model_server(tmp_path, config, sidecar_port, server_port):
         r = httpx.post(f"http://127.0.0.1:{server_port}/v1/chat", headers={"X-Request-ID": REQUEST_ID},
                        json={"messages": CONVERSATION, "max_new_tokens": NEW_TOKENS}, timeout=120)
         assert r.status_code == 200, r.text
@@ -175,8 +186,6 @@ def test_model_server_to_sidecar_conversation_raises_an_alert_with_the_request_i
                    in httpx.get(f"http://127.0.0.1:{sidecar_port}/metrics").text, timeout_s=10,
                    what="the final flag to reach the sidecar")
         assert httpx.get(f"http://127.0.0.1:{server_port}/healthz").json()["tap"] == "activations"
-    finally:
-        stop_and_check(tmp_path, server, sidecar)
 
 
 def sampled_features(path: Path) -> dict[str, tuple[float, bytes, int]]:
@@ -218,12 +227,7 @@ def test_encoding_at_the_tap_scores_like_activations(default_model, tmp_path):
                           model_server="  encode_at_tap: true\n  raw_share: 0.5\n")
     latent_id, raw_id = first_id("e2e-latents", False, 0.5), first_id("e2e-raw", True, 0.5)
 
-    sidecar = Proc(["serve", "--config", str(config)], tmp_path / "sidecar.log")
-    server = None
-    try:
-        wait_http(f"http://127.0.0.1:{sidecar_port}/readyz", 60, sidecar.proc)
-        server = Proc(["model-server", "--config", str(config)], tmp_path / "model-server.log")
-        wait_http(f"http://127.0.0.1:{server_port}/healthz", 120, server.proc)
+    with sidecar_and_model_server(tmp_path, config, sidecar_port, server_port):
         health = httpx.get(f"http://127.0.0.1:{server_port}/healthz").json()
         assert (health["tap"], health["monitored_latents"], health["raw_share"]) == ("latents", 3, 0.5)
         for rid in (latent_id, raw_id):
@@ -246,8 +250,6 @@ def test_encoding_at_the_tap_scores_like_activations(default_model, tmp_path):
         for kind in ("latents", "activations"):
             assert f'safety_monitor_model_server_tap_tokens_shipped_total{{kind="{kind}"}} {float(n_tokens)}' in metrics
         assert "safety_monitor_model_server_tap_monitored_latents 3.0" in metrics
-    finally:
-        stop_and_check(tmp_path, server, sidecar)
 
 
 def test_encode_at_tap_refuses_to_start_without_detectors_or_with_another_sae(default_model, tmp_path):
