@@ -117,8 +117,9 @@ def test_activations_only_fills_a_bfloat16_cache_close_to_float32(default_model,
     monkeypatch.setattr(cli_detectors, "_cache", cache_in_tmp)
     for dtype in ("bfloat16", "float32"):
         assert main(["calibrate", "--concepts", "prize", "--data", str(train_file), "--data-dir", str(data_dir),
-                     "--out", str(tmp_path / "specs"), "--activations-only", "--compute-dtype", dtype, "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["examples"] == 12 + len(NEUTRAL)
+                     "--out", str(tmp_path / "specs"), "--activations-only", "--compute-dtype", dtype, "--json",
+                     "--chained-chats", "0"]) == 0
+        assert json.loads(capsys.readouterr().out)["examples"] == 12 + len(NEUTRAL)  # no chained chats asked for
     assert not (tmp_path / "specs").exists()
     assert caches["bfloat16"].dir != caches["float32"].dir
     for e in load_file(train_file):
