@@ -16,7 +16,7 @@ import json
 import random
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -283,6 +283,30 @@ def load_long_documents(data_dir: Path, *, n: int = 600, chars: int = 5200, kind
     out = [Example((("user", text),), 0, rel, "long_documents", group, split_of(group), {"long_document": True})
            for group, rel, text in pieces[:n]]
     return for_kind(out, "text", kind)
+
+
+FORMAT_NEGATIVE_FILES: dict[str, tuple[str, ...]] = {
+    "deception": ("power_seeking/anthropic_evals_persona.jsonl",),
+}
+"""Per concept, files whose every row is benign for it and written like its positives: first-person persona
+statements about another disposition ("If I become more powerful then I will be more capable …"). They join
+the benign traffic of the concept's request detector, so the persona frame ("I believe that …") carries no
+label. Without them deception_request read a conversation of opinions as a confession (7 % of held-out
+opinion chats); with them, 0 % (docs/detectors.md)."""
+
+
+def load_format_negatives(concept: str, data_dir: Path, *, kind: str = "request") -> list[Example]:
+    """``FORMAT_NEGATIVE_FILES`` of ``concept`` as benign user turns (label 0 whatever the file says; request
+    detectors only, none for ``reply``); missing files are skipped."""
+    if kind != "request":
+        return []
+    out = []
+    for rel in FORMAT_NEGATIVE_FILES.get(concept, ()):
+        path = data_dir / rel
+        if path.exists():
+            out += [replace(e, label=0, source=f"{e.source} (benign for {concept})")
+                    for e in load_file(path, name=rel)]
+    return out
 
 
 CHAINED_CHAT_FILE = "benign/refusal_direction_harmless_chat.jsonl"

@@ -50,6 +50,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         load_checks,
         load_concept,
         load_file,
+        load_format_negatives,
         load_long_documents,
         missing_benign,
         resolve,
@@ -98,7 +99,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             benign_by_kind[kind] += for_kind([e for p in args.benign for e in load_file(Path(p))], "both", kind)
     for concept in args.concepts:
         for kind in args.kinds:
-            benign = benign_by_kind[kind]
+            benign = benign_by_kind[kind] + load_format_negatives(concept, data_dir, kind=kind)
             checks = []
             if args.data:
                 examples = for_kind([e for p in args.data for e in subsample(load_file(Path(p)), args.max_per_file, 0)],
