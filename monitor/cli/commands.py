@@ -161,14 +161,14 @@ def cmd_sae_hash(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- serve / model-server
-def _pin_to_one_cpu(index: int | None) -> int | None:
+def _pin_to_one_cpu(index: int | None, setting: str = "server.pin_cpu") -> int | None:
     """Restrict this thread, and every thread it starts from now on, to the ``index``-th CPU it may use
-    (``server.pin_cpu``); returns that CPU's number, or None when ``index`` is None."""
+    (``setting``); returns that CPU's number, or None when ``index`` is None."""
     if index is None:
         return None
     allowed = sorted(os.sched_getaffinity(0))
     if index >= len(allowed):
-        raise UsageError(f"server.pin_cpu: {index}, but this process may use only {len(allowed)} CPU(s) "
+        raise UsageError(f"{setting}: {index}, but this process may use only {len(allowed)} CPU(s) "
                          f"({', '.join(map(str, allowed))}); use 0 to {len(allowed) - 1}")
     os.sched_setaffinity(0, {allowed[index]})
     return allowed[index]
@@ -227,6 +227,7 @@ def cmd_model_server(args: argparse.Namespace) -> int:
 
     settings = _settings_from_args(args, "model_server")
     _configure_logging(settings.server.log_level)
+    pinned = _pin_to_one_cpu(settings.model_server.pin_cpu, "model_server.pin_cpu")
     torch.set_num_threads(settings.model_server.torch_threads)
     lm = load_model(settings.model.id, dtype=getattr(torch, settings.model.dtype))
     try:
@@ -241,7 +242,8 @@ def cmd_model_server(args: argparse.Namespace) -> int:
     ships = (f"{len(enc.latents)} SAE latents of {len(enc.detectors)} detectors (raw share {ms.raw_share:g})"
              if enc is not None else "activations")
     print(f"safety-monitor model server: {lm.model_id}, tap on layer {settings.model.layer} ships {ships} -> "
-          f"{target}, listening on http://{ms.host}:{ms.port}", file=sys.stderr, flush=True)
+          f"{target}, listening on http://{ms.host}:{ms.port}" + ("" if pinned is None else f", pinned to CPU {pinned}"),
+          file=sys.stderr, flush=True)
     uvicorn.run(create_model_server_app(server), host=ms.host, port=ms.port, log_level=settings.server.log_level,
                 access_log=settings.server.access_log)
     return 0

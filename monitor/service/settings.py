@@ -248,6 +248,11 @@ class ModelServerSettings(_Section):
     """Upper bound on ``max_new_tokens`` of a chat call."""
     torch_threads: int = Field(1, ge=1, le=256)
     """Intra-op threads of the model."""
+    pin_cpu: int | None = Field(None, ge=0, le=4095)
+    """Run the model server on one CPU, the ``pin_cpu``-th of those it may use (as ``server.pin_cpu``): on a
+    CPU-served model the tap's delivery thread otherwise takes the interpreter lock at the model's tensor
+    ops, which cost 2.4-3.7 % of a prefill on two cores and 0.0 % on one (docs/performance.md). Needs
+    ``model_server.torch_threads`` 1. ``None``: no pinning."""
     encode_at_tap: bool = False
     """Ship the monitored SAE latents, computed on the model's device, instead of the activations (the
     detectors' latents per token instead of ``d_model`` numbers). The model server then loads the SAE slice
@@ -314,6 +319,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"server.pin_cpu: {self.server.pin_cpu} runs the sidecar on one CPU, so queue.torch_threads "
                 f"({self.queue.torch_threads}) would share it; set queue.torch_threads: 1 or drop pin_cpu"
+            )
+        if self.model_server.pin_cpu is not None and self.model_server.torch_threads != 1:
+            raise ValueError(
+                f"model_server.pin_cpu: {self.model_server.pin_cpu} runs the model server on one CPU, so "
+                f"model_server.torch_threads ({self.model_server.torch_threads}) would share it; set "
+                "model_server.torch_threads: 1 or drop pin_cpu"
             )
         if self.model_server.raw_share > 0 and not self.model_server.encode_at_tap:
             raise ValueError(

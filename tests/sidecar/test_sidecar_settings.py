@@ -125,9 +125,12 @@ def test_the_settings_reference_in_the_docs_is_current():
 def test_pin_cpu_needs_a_single_torch_thread():
     with pytest.raises(SettingsError, match=r"server.pin_cpu: 0 .* queue.torch_threads \(2\)"):
         load_settings(auth=TOKENS, server={"pin_cpu": 0}, queue={"torch_threads": 2})
+    with pytest.raises(SettingsError, match=r"model_server.pin_cpu: 0 .* model_server.torch_threads \(2\)"):
+        load_settings(auth=TOKENS, model_server={"pin_cpu": 0, "torch_threads": 2})
 
 
-def test_serve_with_pin_cpu_runs_every_thread_on_that_one_cpu(tmp_path):
+@pytest.mark.parametrize("command, section", [("serve", "server"), ("model-server", "model_server")])
+def test_pin_cpu_runs_every_thread_on_that_one_cpu(tmp_path, command, section):
     import os
     import subprocess
 
@@ -138,15 +141,15 @@ def test_serve_with_pin_cpu_runs_every_thread_on_that_one_cpu(tmp_path):
     port = free_port()
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"auth:\n  ingest_token: {INGEST}\n  admin_token: {ADMIN}\n"
-                   f"server:\n  port: {port}\n  pin_cpu: {index}\n")
+                   f"{section}:\n  port: {port}\n  pin_cpu: {index}\n")
     log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([console_script(), "serve", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([console_script(), command, "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
                             env=subprocess_env())
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", 120, proc)
+        wait_http(f"http://127.0.0.1:{port}/healthz", 180, proc)
         tasks = Path(f"/proc/{proc.pid}/task")
         cpus = {(t / "status").read_text().split("Cpus_allowed_list:")[1].split()[0] for t in tasks.iterdir()}
-        assert len(list(tasks.iterdir())) > 2  # the HTTP loop, the scoring worker, the alert emitter, ...
+        assert len(list(tasks.iterdir())) > 1  # the event loop and the worker threads
         assert cpus == {str(allowed[index])}
     finally:
         proc.terminate()
@@ -154,7 +157,7 @@ def test_serve_with_pin_cpu_runs_every_thread_on_that_one_cpu(tmp_path):
         log.close()
     assert f"pinned to CPU {allowed[index]}" in (tmp_path / "serve.log").read_text()
     # an index past the CPUs it may use is refused with the count
-    cfg.write_text(f"auth:\n  ingest_token: {INGEST}\n  admin_token: {ADMIN}\nserver:\n  pin_cpu: {len(allowed)}\n")
-    r = subprocess.run([console_script(), "serve", "--config", str(cfg)], capture_output=True, text=True,
-                       env=subprocess_env(), timeout=120, check=False)
-    assert r.returncode == 2 and f"may use only {len(allowed)} CPU(s)" in r.stderr
+    cfg.write_text(f"auth:\n  ingest_token: {INGEST}\n  admin_token: {ADMIN}\n{section}:\n  pin_cpu: {len(allowed)}\n")
+    r = subprocess.run([console_script(), command, "--config", str(cfg)], capture_output=True, text=True,
+                       env=subprocess_env(), timeout=180, check=False)
+    assert r.returncode == 2 and f"{section}.pin_cpu: {len(allowed)}, but this process may use only" in r.stderr
