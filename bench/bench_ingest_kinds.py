@@ -120,9 +120,8 @@ def main() -> None:
         for label in ("", " pinned") if args.compare_pinning else ("",):
             port, home = free_port(), tmp / (label.strip() or "unpinned")
             home.mkdir(exist_ok=True)
-            cpus = sorted(os.sched_getaffinity(0))
             config = write_config(home, sae_path, sae, tmp / "detectors", port,
-                                  pin_cpu=len(cpus) - 1 if label else None)
+                                  pin_cpu=len(os.sched_getaffinity(0)) - 1 if label else None)  # the last CPU
             sidecars[label] = SidecarProcess.start(config, port, home / "sidecar.log")
         runs: dict[str, list[dict]] = {f + label: [] for f in FORMS for label in sidecars}
         for r in range(args.rounds):

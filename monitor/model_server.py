@@ -42,7 +42,7 @@ from detectors.spans import ROLE_PROMPT
 from monitor.lm.chat import render_chat
 from monitor.lm.http_sink import HttpActivationSink, HttpSinkConfig
 from monitor.lm.loading import LoadedModel
-from monitor.lm.tap import LATENT, RAW, ActivationTap, resolve_module
+from monitor.lm.tap import LATENT, RAW, ActivationTap, layer_device, resolve_module
 from monitor.sae import FrozenSAE
 from monitor.service.api_models import REQUEST_ID_PATTERN
 from monitor.service.settings import Settings
@@ -92,10 +92,7 @@ def load_tap_encoding(settings: Settings, lm: LoadedModel) -> TapEncoding:
     sha256 pin, spec checks against the SAE), on the device of the tapped layer. Float32 whatever the device,
     so the latents are the ones the sidecar would compute. Raises ``ModelServerStartError``."""
     m = settings.model
-    layer = resolve_module(lm.model, m.module_path.format(layer=m.layer))
-    param = next(layer.parameters(), None)  # with a model split over devices, the tapped layer's (as the tap)
-    param = param if param is not None else next(lm.model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = layer_device(lm.model, resolve_module(lm.model, m.module_path.format(layer=m.layer)))  # as the tap
     try:
         sae = load_monitored_sae(settings, device=device, dtype=torch.float32)
         detectors = load_detectors(settings, sae)

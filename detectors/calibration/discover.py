@@ -110,7 +110,8 @@ def rank_latents(features: np.ndarray, labels: np.ndarray, top: int | None = Non
     a = auroc_columns(features, labels)
     a = np.nan_to_num(a, nan=0.5)
     pos, neg = features[labels == 1].mean(0), features[labels == 0].mean(0)
-    strength = np.abs(a - 0.5) if sources is None else source_balanced_separation(features, labels, sources)
+    strength = np.abs(a - 0.5) if sources is None else source_balanced_separation(features, labels, sources,
+                                                                                   pooled=a)
     order = np.argsort(-strength, kind="stable")[:top]
     return [LatentRank(int(j), float(a[j]), float(pos[j]), float(neg[j])) for j in order]
 

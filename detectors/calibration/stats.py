@@ -54,13 +54,17 @@ def source_balanced_auroc(scores: np.ndarray, labels: np.ndarray, sources: np.nd
 
 
 def source_balanced_separation(features: np.ndarray, labels: np.ndarray, sources: np.ndarray | None,
-                               min_per_label: int = 10) -> np.ndarray:
+                               min_per_label: int = 10, *, pooled: np.ndarray | None = None) -> np.ndarray:
     """Per column ``[d]``: the mean, over ``source_strata``, of ``|AUROC - 0.5|`` (how strongly a latent
-    separates the concept, each source counting once)."""
+    separates the concept, each source counting once). ``pooled``: the pooled ``auroc_columns``, if the caller
+    has them already (the largest of the rank computations)."""
     labels = np.asarray(labels)
-    parts = [np.abs(np.nan_to_num(auroc_columns(features[m], labels[m]), nan=0.5) - 0.5)
-             for m in source_strata(labels, sources, min_per_label)]
-    return np.mean(parts, axis=0)
+    strata = source_strata(labels, sources, min_per_label)
+    if pooled is None:
+        pooled = auroc_columns(features, labels)
+    parts = [np.nan_to_num(pooled, nan=0.5)] + [np.nan_to_num(auroc_columns(features[m], labels[m]), nan=0.5)
+                                                for m in strata[1:]]
+    return np.mean([np.abs(a - 0.5) for a in parts], axis=0)
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

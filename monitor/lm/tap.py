@@ -64,6 +64,14 @@ class LatentEncoder(Protocol):
         ...
 
 
+def layer_device(model: torch.nn.Module, module: torch.nn.Module) -> torch.device:
+    """Where ``module`` (a layer of ``model``) runs: with a model split over devices, not necessarily the
+    device of the model's first parameter; the model's when the module has none, else the CPU."""
+    first = next(module.parameters(), None)
+    first = first if first is not None else next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def resolve_module(model: torch.nn.Module, path: str) -> torch.nn.Module:
     """Follow a dotted attribute path (``model.layers.15``) from ``model``; clear error if absent."""
     node: object = model
@@ -233,10 +241,7 @@ class ActivationTap:
         self.stats = TapStats()
         self.last_sink_error: BaseException | None = None
         self._module = resolve_module(model, module_path.format(layer=layer))
-        # The device of the tapped layer (with a model split over devices, not necessarily the first one's).
-        first = next(self._module.parameters(), None)
-        first = first if first is not None else next(model.parameters(), None)
-        self.device = first.device if first is not None else torch.device("cpu")
+        self.device = layer_device(model, self._module)
         self._copier = _DeviceToHost(self.device)
         self._latent_ids = torch.tensor(self.latents or (), dtype=torch.int32)
         d_in = getattr(getattr(encoder, "cfg", None), "d_in", None)

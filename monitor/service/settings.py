@@ -126,7 +126,7 @@ class QueueSettings(_Section):
     retry_after_s: int = Field(1, ge=1, le=3600)
     """``Retry-After`` of a 429 answer, in seconds."""
     torch_threads: int = Field(1, ge=1, le=256)
-    """Intra-op threads of the encoding worker (the HTTP loop needs a core of its own)."""
+    """Intra-op threads of the encoding worker (its matrix products are small; 1 with ``server.pin_cpu``)."""
 
 
 class LimitSettings(_Section):
