@@ -6,6 +6,7 @@ from pathlib import Path
 
 from monitor.toolkit.elicited_replies import (
     FIRST_ROUND,
+    ORDINARY_ASKS,
     ORGANISATIONS,
     ROUNDS,
     SCAM_ASKS,
@@ -25,14 +26,15 @@ def test_first_round_is_kept_and_longer_runs_only_add():
     assert scam_email_requests(300)[:480] == scam_email_requests(240)
     # pairs: one scam and one ordinary request from the same organisation
     assert all(a.label == 1 and b.label == 0 and a.pair_id == b.pair_id for a, b in zip(requests[::2], requests[1::2]))
-    assert len(ORGANISATIONS) * len(SCAM_ASKS) == ROUNDS[-1][0] * ROUNDS[-1][1] == 1200
-    assert scam_email_requests(1200)[:1280] == requests  # the third round only adds
+    assert len(ORGANISATIONS) * len(SCAM_ASKS) == ROUNDS[-1][0] * ROUNDS[-1][1] == 1920
+    assert len(ORDINARY_ASKS) == len(SCAM_ASKS)
+    assert scam_email_requests(1920)[:1280] == requests  # later rounds only add
 
 
 def test_shipped_replies_keep_their_requests_and_pair_ids():
     """Every row of the shipped file was asked by the request order as it stands (rounds 1 and 2 unchanged)."""
     shipped = Path(__file__).resolve().parents[1] / "artifacts/data/scam/elicited_scam_email_replies.jsonl"
-    asked = {(r.request, r.label, r.pair_id) for r in scam_email_requests(1200)}
+    asked = {(r.request, r.label, r.pair_id) for r in scam_email_requests(1920)}
     rows = [json.loads(line) for line in shipped.read_text().splitlines()]
     assert rows and all((r["request"], r["label"], r["pair_id"]) in asked for r in rows)
 
