@@ -1,10 +1,11 @@
-"""The test split of the model's own e-mails as ``safety-monitor eval`` files, one per elicitation round.
+"""The model's own e-mails as ``safety-monitor eval`` files, per elicitation round: its test split
+(``own_emails_round<r>_test.jsonl``) and every row (``own_emails_round<r>_all.jsonl``).
 
-Round 3 adds organisations and scam / ordinary templates that no earlier detector saw, so a detector fit
-before it, scored on round 3's test pairs, shows how it carries to requests it was not fit on.
+Each round adds organisations and scam / ordinary templates, so a detector fit before a round, scored on
+all of that round's rows, shows how it carries to requests it was not fit on.
 
     .venv/bin/python scripts/experiments/own_emails_test_rows.py runs/heldout
-    .venv/bin/safety-monitor eval --data runs/heldout/own_emails_round3_test.jsonl --detectors DIR --json
+    .venv/bin/safety-monitor eval --data runs/heldout/own_emails_round4_all.jsonl --detectors DIR --json
 """
 import json
 import sys
@@ -24,13 +25,13 @@ def round_of(pair_id: str) -> int:
 def main(out_dir: str) -> None:
     assert len(ORGANISATIONS) * len(SCAM_ASKS) == ROUNDS[-1][0] * ROUNDS[-1][1]
     rows = [json.loads(line) for line in (ARTIFACTS_DIR / "data/scam/elicited_scam_email_replies.jsonl").open()]
-    test = [r for r in rows if split_of(group_key(r)) == "test"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, keep in (("round12", lambda r: round_of(r["pair_id"]) < 3), ("round3", lambda r: round_of(r["pair_id"]) == 3)):
-        chosen = [r for r in test if keep(r)]
-        (out / f"own_emails_{name}_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
-        print(f"{name}: {len(chosen)} rows, {sum(r['label'] for r in chosen)} scam")
+    for r in range(1, len(ROUNDS) + 1):
+        every = [row for row in rows if round_of(row["pair_id"]) == r]
+        for part, chosen in (("all", every), ("test", [row for row in every if split_of(group_key(row)) == "test"])):
+            (out / f"own_emails_round{r}_{part}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in chosen))
+            print(f"round {r} {part}: {len(chosen)} rows, {sum(x['label'] for x in chosen)} scam")
 
 
 if __name__ == "__main__":
