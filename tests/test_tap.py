@@ -264,8 +264,12 @@ def _random_sae(d_in: int, d_sae: int = 256, seed: int = 0):
     return FrozenSAE(SAEConfig(d_in=d_in, d_sae=d_sae, architecture="jumprelu", apply_b_dec_to_input=True), weights)
 
 
-def test_latent_tap_ships_exactly_the_latents_of_the_raw_tap(lm):
-    """Encoding at the tap gives bit for bit what the sidecar computes from the activation batch."""
+def test_latent_tap_ships_the_latents_of_the_raw_tap(lm):
+    """Encoding at the tap gives what the sidecar computes from the activation batch, to float32 rounding.
+
+    The tap encodes each chunk (a prefill, then one token per request) and the sidecar the whole request:
+    a BLAS kernel may round a row differently by the number of rows in the product (MKL on an AMD EPYC),
+    so the last bits are not portable."""
     tok, model = lm.tokenizer, lm.model
     tok.padding_side = "left"
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
@@ -291,7 +295,8 @@ def test_latent_tap_ships_exactly_the_latents_of_the_raw_tap(lm):
         assert z.latent_ids.tolist() == latents and z.activations.dtype == torch.float32
         for name in ("token_ids", "positions", "roles"):
             assert torch.equal(getattr(r, name), getattr(z, name)), (rid, name)
-        assert torch.equal(z.activations, sae.encode_latents(r.activations, latents)), rid
+        want = sae.encode_latents(r.activations, latents)
+        assert torch.allclose(z.activations, want, rtol=1e-5, atol=1e-5), (rid, (z.activations - want).abs().max())
         assert (z.activations > 0).any()
     for b in sink.batches:
         ActivationBatch.from_bytes(b.to_bytes())  # valid wire batches

@@ -1,5 +1,5 @@
-"""Latent batches (the tap already encoded): scored exactly like the activation batches they were computed
-from, and refused with a clear answer when made for another SAE or for other detectors."""
+"""Latent batches (the tap already encoded): scored like the activation batches they were computed from (to
+float32 rounding), and refused with a clear answer when made for another SAE or for other detectors."""
 
 from __future__ import annotations
 
@@ -71,11 +71,35 @@ def score_all(p: ScoringPipeline, batches: list[ActivationBatch]) -> dict:
 
 
 def alert_key(a):
-    return (a.request_id, a.detector, a.score, a.severity, a.token_span.start, a.token_span.end, a.token_span.peak,
-            a.token_span.role, tuple((la.latent, la.activation) for la in a.top_latents))
+    """What an alert says, less its floats (compared apart: ``assert_same_alerts``)."""
+    return (a.request_id, a.detector, a.severity, a.token_span.start, a.token_span.end, a.token_span.peak,
+            a.token_span.role, tuple(la.latent for la in a.top_latents))
 
 
-def test_latent_batches_score_and_alert_exactly_like_activation_batches(sae):
+def assert_same_alerts(got: list, want: list) -> None:
+    """The same alerts, their score and latent activations equal to float32 rounding.
+
+    A latent batch's latents were encoded with another set of columns than the sidecar encodes (the tap's
+    superset, in its order), and a BLAS kernel may round a column differently by the company it keeps (MKL
+    on AMD EPYC: up to 7e-5 at d_in 576), so equality to the last bit is not portable."""
+    got, want = sorted(got, key=alert_key), sorted(want, key=alert_key)
+    assert [alert_key(a) for a in got] == [alert_key(a) for a in want]
+    for a, b in zip(got, want):
+        assert abs(a.score - b.score) <= 1e-4 * max(1.0, abs(b.score))
+        for la, lb in zip(a.top_latents, b.top_latents):
+            assert abs(la.activation - lb.activation) <= 1e-4 * max(1.0, abs(lb.activation))
+
+
+def assert_same_scores(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for rid, by_name in want.items():
+        assert got[rid].keys() == by_name.keys()
+        for name, w in by_name.items():
+            g = got[rid][name]
+            assert (g is None) == (w is None) and (w is None or abs(g - w) <= 1e-4 * max(1.0, abs(w))), (rid, name)
+
+
+def test_latent_batches_score_and_alert_like_activation_batches(sae):
     specs = [make_spec(sae, "scam", threshold=2.0),
              make_spec(sae, "power", latents=(5, 21), weights=(1.0, 0.5), threshold=0.8, aggregation="mean",
                        span="response"),
@@ -97,8 +121,9 @@ def test_latent_batches_score_and_alert_exactly_like_activation_batches(sae):
         for p in (raw, lat):
             p.stop(2.0)
             assert p.emitter.close(5.0)
-    assert raw_scores == lat_scores and len(raw_scores) == 6  # bit for bit, every detector of every request
-    assert sorted(map(alert_key, raw_sink.alerts)) == sorted(map(alert_key, lat_sink.alerts))
+    assert len(raw_scores) == 6  # every detector of every request
+    assert_same_scores(lat_scores, raw_scores)
+    assert_same_alerts(lat_sink.alerts, raw_sink.alerts)
     assert {a.detector for a in raw_sink.alerts} >= {"scam", "power"}
 
 
