@@ -10,26 +10,16 @@ Needs the float32 activation cache of that data:
 
 Results (2026-11-30) are in docs/detectors.md."""
 import numpy as np
+from scam_reply_data import load_scam_reply_data
 
-from detectors.calibration.activation_cache import ActivationCache
 from detectors.calibration.calibrate import admissible_latents
-from detectors.calibration.data import load_concept
 from detectors.calibration.discover import DiscoveryConfig, fit_detector
 from detectors.calibration.probe import fit_probe
 from detectors.calibration.span_features import dense_features, latent_features
 from detectors.calibration.stats import auroc
-from monitor.artifacts import ARTIFACTS_DIR, default_sae_dir
-from monitor.dictionary.corpus import default_data_dir
-from monitor.lm.loading import cache_root
-from monitor.sae import FrozenSAE
-from monitor.toolkit.latent_labels import LABELS_FILE, load_labels
 
-sae_dir = default_sae_dir()
-sae = FrozenSAE.load(sae_dir)
-cache = ActivationCache(cache_root() / "detector-activations", "smollm2-135m-instruct", 15, 1280, compute_dtype="float32")
-excluded = {i for i, v in load_labels(sae_dir / LABELS_FILE, sae.sha256).items() if v.formatting}
-ex = [e for e in load_concept("scam", default_data_dir(), kind="reply", generated_dir=ARTIFACTS_DIR / "data",
-                              max_per_file=1000) if e.key in cache.index]
+data = load_scam_reply_data("float32")
+sae, cache, excluded, ex = data.sae, data.cache, data.excluded, data.examples
 own = lambda e: "elicited" in e.source
 first = lambda e: "sample" not in e.meta
 for train_set in ("all", "elicited only", "first round + SMS"):

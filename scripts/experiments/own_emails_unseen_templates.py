@@ -7,37 +7,34 @@ latents, source-balanced, <= 32, mean over the reply, as calibration fits scam_r
 probe on the same span. Needs the bf16 activation cache of that data
 (``safety-monitor calibrate --concepts scam --kinds reply --compute-dtype bfloat16 --activations-only``).
 
-    .venv/bin/python scripts/experiments/own_emails_unseen_templates.py
+    .venv/bin/python scripts/experiments/own_emails_unseen_templates.py [--per-round-sources]
+
+``--per-round-sources`` counts each elicitation round as its own source in latent selection (so a
+latent must separate scam from ordinary e-mails within each round, not only pooled).
 
 Results (2026-12-01) are in docs/detectors.md."""
+import sys
+
 import numpy as np
 from own_emails_test_rows import round_of
+from scam_reply_data import load_scam_reply_data
 
-from detectors.calibration.activation_cache import ActivationCache
 from detectors.calibration.calibrate import admissible_latents
-from detectors.calibration.data import load_concept
 from detectors.calibration.discover import DiscoveryConfig, fit_detector
 from detectors.calibration.probe import fit_probe
 from detectors.calibration.span_features import dense_features, latent_features
 from detectors.calibration.stats import auroc
-from monitor.artifacts import ARTIFACTS_DIR, default_sae_dir
-from monitor.dictionary.corpus import default_data_dir
-from monitor.lm.loading import cache_root
-from monitor.sae import FrozenSAE
-from monitor.toolkit.latent_labels import LABELS_FILE, load_labels
 
 AGG = "mean"
-sae_dir = default_sae_dir()
-sae = FrozenSAE.load(sae_dir)
-cache = ActivationCache(cache_root() / "detector-activations", "smollm2-135m-instruct", 15, 1280, compute_dtype="bfloat16")
-excluded = {i for i, v in load_labels(sae_dir / LABELS_FILE, sae.sha256).items() if v.formatting}
-ex = [e for e in load_concept("scam", default_data_dir(), kind="reply", generated_dir=ARTIFACTS_DIR / "data",
-                              max_per_file=1000) if e.key in cache.index]
+data = load_scam_reply_data("bfloat16")
+sae, cache, excluded, ex = data.sae, data.cache, data.excluded, data.examples
 own_round = {id(e): round_of(e.group.removeprefix("pair/")) for e in ex if "elicited" in e.source}
 train = [e for e in ex if e.split == "train" and own_round.get(id(e), 0) <= 3]
 sets = {"round 4, every row (unseen templates)": [e for e in ex if own_round.get(id(e)) == 4],
         "rounds 1-3, test split": [e for e in ex if e.split == "test" and own_round.get(id(e), 9) <= 3]}
-y = np.array([e.label for e in train]); g = np.array([e.group for e in train]); src = np.array([e.source for e in train])
+y = np.array([e.label for e in train]); g = np.array([e.group for e in train])
+per_round = "--per-round-sources" in sys.argv
+src = np.array([f"{e.source} round {own_round[id(e)]}" if per_round and id(e) in own_round else e.source for e in train])
 f = latent_features(cache, sae, train, span="response", aggregations=(AGG,), progress=False)[AGG]
 allowed, _ = admissible_latents(f, y, src, excluded)
 det = fit_detector(f, y, g, DiscoveryConfig(), allowed=allowed, sources=src)
