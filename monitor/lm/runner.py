@@ -24,9 +24,14 @@ def tap_sequences(lm: LoadedModel, layer: int, sequences: Sequence[torch.Tensor]
                   roles: Sequence[torch.Tensor] | None = None, batch_size: int = 16,
                   order: Sequence[int] | None = None,
                   dtype: torch.dtype = torch.float16,
-                  compute_dtype: str = "float32") -> Iterator[list[tuple[int, ActivationBatch]]]:
+                  compute_dtype: str = "float32",
+                  max_batch_tokens: int | None = None) -> Iterator[list[tuple[int, ActivationBatch]]]:
     """For each padded batch, ``[(sequence index, its tokens), ...]``. ``order``: the order in which
     sequences are batched (e.g. sorted by length to reduce padding); default: as given.
+    ``max_batch_tokens``: a batch also ends before its padded size (rows x longest row) would pass this, so
+    long sequences go a few at a time (a sequence longer than it goes alone): at 16 x 1,280 tokens a
+    forward's intermediates are large enough that the allocator maps and faults in fresh pages at every
+    op (a third of the CPU time in the kernel; ``bench/bench_batch_tokens.py``).
     ``compute_dtype="bfloat16"`` runs the matrix products under bf16 autocast (the residual stream
     itself stays float32): about 2.5x faster on CPUs with AVX512-BF16, at a 0.5 % mean relative error
     of the layer-15 activations (6e-5 of their variance; ``docs/performance.md``)."""
@@ -38,8 +43,7 @@ def tap_sequences(lm: LoadedModel, layer: int, sequences: Sequence[torch.Tensor]
     sink = CollectingSink()
     with truncated(lm.model, layer) as trunk, ActivationTap(lm.model, layer=layer, sink=sink, model_id=lm.model_id,
                                                              dtype=dtype, max_queue=1 << 20) as tap:
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
+        for idx in _batches(order, [len(x) for x in sequences], batch_size, max_batch_tokens):
             width = max(len(sequences[i]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.int64)
             mask = torch.zeros(len(idx), width, dtype=torch.int64)
@@ -59,3 +63,18 @@ def tap_sequences(lm: LoadedModel, layer: int, sequences: Sequence[torch.Tensor]
             sink.batches.clear()
             yield [(i, by_request[str(i)]) for i in idx]
 
+
+def _batches(order: Sequence[int], lengths: Sequence[int], batch_size: int,
+             max_tokens: int | None) -> Iterator[list[int]]:
+    """``order`` cut into batches of at most ``batch_size`` sequences and, padded, ``max_tokens`` tokens."""
+    batch: list[int] = []
+    width = 0
+    for i in order:
+        grown = max(width, lengths[i])
+        if batch and (len(batch) == batch_size or (max_tokens is not None and grown * (len(batch) + 1) > max_tokens)):
+            yield batch
+            batch, grown = [], lengths[i]
+        batch.append(i)
+        width = grown
+    if batch:
+        yield batch
