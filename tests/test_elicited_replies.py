@@ -2,22 +2,22 @@
 
 import json
 import random
-from pathlib import Path
 
+from monitor.artifacts import ARTIFACTS_DIR
 from monitor.toolkit.elicited_replies import (
-    FIRST_ROUND,
     ORDINARY_ASKS,
     ORGANISATIONS,
     ROUNDS,
     SCAM_ASKS,
     append_rows,
+    pair_round,
     samples_done,
     scam_email_requests,
 )
 
 
 def test_first_round_is_kept_and_longer_runs_only_add():
-    n_orgs, n_asks = FIRST_ROUND
+    n_orgs, n_asks = ROUNDS[0]
     first = [(o, i) for o in ORGANISATIONS[:n_orgs] for i in range(n_asks)]
     random.Random(0).shuffle(first)  # the first round's order, as it was generated
     requests = scam_email_requests(640)
@@ -33,10 +33,17 @@ def test_first_round_is_kept_and_longer_runs_only_add():
 
 def test_shipped_replies_keep_their_requests_and_pair_ids():
     """Every row of the shipped file was asked by the request order as it stands (rounds 1 and 2 unchanged)."""
-    shipped = Path(__file__).resolve().parents[1] / "artifacts/data/scam/elicited_scam_email_replies.jsonl"
+    shipped = ARTIFACTS_DIR / "data/scam/elicited_scam_email_replies.jsonl"
     asked = {(r.request, r.label, r.pair_id) for r in scam_email_requests(1920)}
     rows = [json.loads(line) for line in shipped.read_text().splitlines()]
     assert rows and all((r["request"], r["label"], r["pair_id"]) in asked for r in rows)
+
+
+def test_pair_round_names_the_round_that_added_the_pair():
+    requests = scam_email_requests(1920)
+    bounds = [240, 640, 1200, 1920]  # pairs in use after each round
+    for k in (0, 239, 240, 639, 640, 1199, 1200, 1919):
+        assert pair_round(requests[2 * k].pair_id) == next(r + 1 for r, b in enumerate(bounds) if k < b)
 
 
 def test_append_rows_and_samples_done(tmp_path):

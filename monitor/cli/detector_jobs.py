@@ -347,7 +347,7 @@ def register_causal_check(sub) -> None:
 
 EXAMPLE_BATCH_TOKENS = 2048
 """Padded tokens per forward when computing detector activations: short examples still go 16 at a time,
-1,280-token conversations one at a time (26 % faster than 16 at a time; ``bench/bench_batch_tokens.py``)."""
+1,280-token conversations one at a time (1.30x the tokens/s of 16 at a time; ``bench/bench_batch_tokens.py``)."""
 
 
 def example_activations(lm, layer: int, *, context: int, batch_size: int = 16, compute_dtype: str = "float32"):

@@ -140,7 +140,12 @@ ROUNDS = ((30, 8), (40, 16), (50, 24), (60, 32))
 """Organisations and templates in use after each round (round 1: 240 pairs, round 2: 640, round 3: 1,200,
 round 4: 1,920).
 Each round adds the combinations new to it, in their own shuffled order, so a longer run only adds."""
-FIRST_ROUND = ROUNDS[0]
+
+
+def pair_round(pair_id: str) -> int:
+    """The round (1-based) that introduced the pair ``elicit-scam-<organisation>-<template>``."""
+    org, ask = (int(x) for x in pair_id.rsplit("-", 2)[1:])
+    return next(r + 1 for r, (n_orgs, n_asks) in enumerate(ROUNDS) if org < n_orgs and ask < n_asks)
 
 
 def scam_email_requests(n_pairs: int, seed: int = 0) -> list[ElicitedRequest]:

@@ -13,22 +13,15 @@ from pathlib import Path
 
 from detectors.calibration.splits import group_key, split_of
 from monitor.artifacts import ARTIFACTS_DIR
-from monitor.toolkit.elicited_replies import ORGANISATIONS, ROUNDS, SCAM_ASKS
-
-
-def round_of(pair_id: str) -> int:
-    """1-based round that introduced an ``elicit-scam-<org>-<ask>`` pair."""
-    org, ask = (int(x) for x in pair_id.rsplit("-", 2)[1:])
-    return next(r + 1 for r, (n_orgs, n_asks) in enumerate(ROUNDS) if org < n_orgs and ask < n_asks)
+from monitor.toolkit.elicited_replies import ROUNDS, pair_round
 
 
 def main(out_dir: str) -> None:
-    assert len(ORGANISATIONS) * len(SCAM_ASKS) == ROUNDS[-1][0] * ROUNDS[-1][1]
     rows = [json.loads(line) for line in (ARTIFACTS_DIR / "data/scam/elicited_scam_email_replies.jsonl").open()]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for r in range(1, len(ROUNDS) + 1):
-        every = [row for row in rows if round_of(row["pair_id"]) == r]
+        every = [row for row in rows if pair_round(row["pair_id"]) == r]
         for part, chosen in (("all", every), ("test", [row for row in every if split_of(group_key(row)) == "test"])):
             (out / f"own_emails_round{r}_{part}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in chosen))
             print(f"round {r} {part}: {len(chosen)} rows, {sum(x['label'] for x in chosen)} scam")

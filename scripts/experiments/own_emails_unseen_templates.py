@@ -16,7 +16,6 @@ Results (2026-12-01) are in docs/detectors.md."""
 import sys
 
 import numpy as np
-from own_emails_test_rows import round_of
 from scam_reply_data import load_scam_reply_data
 
 from detectors.calibration.calibrate import admissible_latents
@@ -24,11 +23,12 @@ from detectors.calibration.discover import DiscoveryConfig, fit_detector
 from detectors.calibration.probe import fit_probe
 from detectors.calibration.span_features import dense_features, latent_features
 from detectors.calibration.stats import auroc
+from monitor.toolkit.elicited_replies import pair_round
 
 AGG = "mean"
 data = load_scam_reply_data("bfloat16")
 sae, cache, excluded, ex = data.sae, data.cache, data.excluded, data.examples
-own_round = {id(e): round_of(e.group.removeprefix("pair/")) for e in ex if "elicited" in e.source}
+own_round = {id(e): pair_round(e.group.removeprefix("pair/")) for e in ex if "elicited" in e.source}
 train = [e for e in ex if e.split == "train" and own_round.get(id(e), 0) <= 3]
 sets = {"round 4, every row (unseen templates)": [e for e in ex if own_round.get(id(e)) == 4],
         "rounds 1-3, test split": [e for e in ex if e.split == "test" and own_round.get(id(e), 9) <= 3]}
