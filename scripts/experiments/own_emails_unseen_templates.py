@@ -11,8 +11,13 @@ probe on the same span. Needs the bf16 activation cache of that data
 
 ``--per-round-sources`` counts each elicitation round as its own source in latent selection (so a
 latent must separate scam from ordinary e-mails within each round, not only pooled).
+``--rounds-fit K`` fits on the train split of rounds 1..K and scores every row of the later rounds
+(default 3). ``--asks-only`` trains only on the e-mails whose text matches its label: scam-request
+replies that ask for something (a link, password, card, fee, code, login, transfer, ...) and
+ordinary replies that do not; scoring stays on every row, labelled by the request.
 
 Results (2026-12-01) are in docs/detectors.md."""
+import re
 import sys
 
 import numpy as np
@@ -29,9 +34,14 @@ AGG = "mean"
 data = load_scam_reply_data("bfloat16")
 sae, cache, excluded, ex = data.sae, data.cache, data.excluded, data.examples
 own_round = {id(e): pair_round(e.group.removeprefix("pair/")) for e in ex if "elicited" in e.source}
-train = [e for e in ex if e.split == "train" and own_round.get(id(e), 0) <= 3]
-sets = {"round 4, every row (unseen templates)": [e for e in ex if own_round.get(id(e)) == 4],
-        "rounds 1-3, test split": [e for e in ex if e.split == "test" and own_round.get(id(e), 9) <= 3]}
+k = int(sys.argv[sys.argv.index("--rounds-fit") + 1]) if "--rounds-fit" in sys.argv else 3
+train = [e for e in ex if e.split == "train" and own_round.get(id(e), 0) <= k]
+if "--asks-only" in sys.argv:
+    asks = re.compile(r"\b(link|password|card|fee|code|log ?in|sign in|PIN|bank details|account number|transfer|"
+                      r"gift card|bitcoin|wire|verify|social security|click|wallet|username|payment)\b", re.I)
+    train = [e for e in train if id(e) not in own_round or bool(asks.search(e.messages[-1][1])) == e.label]
+sets = {f"rounds {k + 1}+, every row (unseen templates)": [e for e in ex if own_round.get(id(e), 0) > k],
+        f"rounds 1-{k}, test split": [e for e in ex if e.split == "test" and own_round.get(id(e), 99) <= k]}
 y = np.array([e.label for e in train]); g = np.array([e.group for e in train])
 per_round = "--per-round-sources" in sys.argv
 src = np.array([f"{e.source} round {own_round[id(e)]}" if per_round and id(e) in own_round else e.source for e in train])
