@@ -38,7 +38,7 @@ k = int(sys.argv[sys.argv.index("--rounds-fit") + 1]) if "--rounds-fit" in sys.a
 train = [e for e in ex if e.split == "train" and own_round.get(id(e), 0) <= k]
 if "--asks-only" in sys.argv:
     asks = re.compile(r"\b(link|password|card|fee|code|log ?in|sign in|PIN|bank details|account number|transfer|"
-                      r"gift card|bitcoin|wire|verify|social security|click|wallet|username|payment)\b", re.I)
+                      r"gift card|bitcoin|wire|verify|social security|click|wallet|username|payment)\b", re.IGNORECASE)
     train = [e for e in train if id(e) not in own_round or bool(asks.search(e.messages[-1][1])) == e.label]
 sets = {f"rounds {k + 1}+, every row (unseen templates)": [e for e in ex if own_round.get(id(e), 0) > k],
         f"rounds 1-{k}, test split": [e for e in ex if e.split == "test" and own_round.get(id(e), 99) <= k]}
