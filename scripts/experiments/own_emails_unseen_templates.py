@@ -12,7 +12,8 @@ probe on the same span. Needs the bf16 activation cache of that data
 ``--per-round-sources`` counts each elicitation round as its own source in latent selection (so a
 latent must separate scam from ordinary e-mails within each round, not only pooled).
 ``--rounds-fit K`` fits on the train split of rounds 1..K and scores every row of the later rounds
-(default 3). ``--asks-only`` trains only on the e-mails whose text matches its label: scam-request
+(default 3). ``--max-latents N`` lets the SAE detector use up to N latents (default 32). ``--own-only`` leaves SMS spam out of the fit. ``--admissible-own`` applies the direction rule on the own e-mails only; ``--judged-own`` ranks candidate
+latents and judges latent sets on the own e-mails only (SMS rows still train). ``--asks-only`` trains only on the e-mails whose text matches its label: scam-request
 replies that ask for something (a link, password, card, fee, code, login, transfer, ...) and
 ordinary replies that do not; scoring stays on every row, labelled by the request.
 
@@ -36,18 +37,25 @@ sae, cache, excluded, ex = data.sae, data.cache, data.excluded, data.examples
 own_round = {id(e): pair_round(e.group.removeprefix("pair/")) for e in ex if "elicited" in e.source}
 k = int(sys.argv[sys.argv.index("--rounds-fit") + 1]) if "--rounds-fit" in sys.argv else 3
 train = [e for e in ex if e.split == "train" and own_round.get(id(e), 0) <= k]
+if "--own-only" in sys.argv:
+    train = [e for e in train if id(e) in own_round]
 if "--asks-only" in sys.argv:
     asks = re.compile(r"\b(link|password|card|fee|code|log ?in|sign in|PIN|bank details|account number|transfer|"
                       r"gift card|bitcoin|wire|verify|social security|click|wallet|username|payment)\b", re.IGNORECASE)
     train = [e for e in train if id(e) not in own_round or bool(asks.search(e.messages[-1][1])) == e.label]
 sets = {f"rounds {k + 1}+, every row (unseen templates)": [e for e in ex if own_round.get(id(e), 0) > k],
-        f"rounds 1-{k}, test split": [e for e in ex if e.split == "test" and own_round.get(id(e), 99) <= k]}
+        f"rounds 1-{k}, test split": [e for e in ex if e.split == "test" and own_round.get(id(e), 99) <= k],
+        "SMS as replies, test split": [e for e in ex if e.split == "test" and id(e) not in own_round]}
 y = np.array([e.label for e in train]); g = np.array([e.group for e in train])
 per_round = "--per-round-sources" in sys.argv
 src = np.array([f"{e.source} round {own_round[id(e)]}" if per_round and id(e) in own_round else e.source for e in train])
 f = latent_features(cache, sae, train, span="response", aggregations=(AGG,), progress=False)[AGG]
-allowed, _ = admissible_latents(f, y, src, excluded)
-det = fit_detector(f, y, g, DiscoveryConfig(), allowed=allowed, sources=src)
+own = np.array([id(e) in own_round for e in train])
+adm = own if "--admissible-own" in sys.argv else np.ones(len(train), dtype=bool)
+allowed, _ = admissible_latents(f[adm], y[adm], src[adm], excluded)
+n_max = int(sys.argv[sys.argv.index("--max-latents") + 1]) if "--max-latents" in sys.argv else 32
+det = fit_detector(f, y, g, DiscoveryConfig(max_latents=n_max), allowed=allowed, sources=src,
+                   judged=own if "--judged-own" in sys.argv else None)
 probe = fit_probe(dense_features(cache, train, span="response", aggregation=AGG), y, g)
 for name, te in sets.items():
     yt = np.array([e.label for e in te])
