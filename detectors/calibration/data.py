@@ -30,9 +30,9 @@ class LabelledFile:
     """A labelled JSONL file and where in a conversation its label lives, which decides the detector kinds
     (``detectors.spec.KIND_SPAN``) it trains:
 
-    ``text``      plain texts (an SMS, a persona statement): rendered as a user turn and as a document
-                  the user pastes into a question (request detectors), *and* as the assistant's reply to
-                  a neutral request (reply detectors), so the span and the content decide, not the format;
+    ``text``      plain texts (an SMS, a persona statement): rendered as a user turn (request detectors)
+                  *and* as the assistant's reply to a neutral request (reply detectors), so the span and
+                  the content decide, not the format;
     ``prompt``    the user's turn carries the label (requests for fraud): request detectors only;
     ``response``  the assistant's turn carries it (a multiple-choice answer, a sycophantic reply, the
                   model's own e-mail): reply detectors only;
@@ -83,19 +83,6 @@ are the traffic a deployed monitor mostly sees; long documents from the corpus j
 NEUTRAL_REQUESTS = ("Write something.", "Please respond.", "Go ahead.", "What would you say?", "Continue.",
                     "Write a short message.")
 """The user's turn before a plain labelled text rendered as the assistant's reply."""
-PASTE_FRAMES = ("I got this message: \"{text}\" What do you make of it?",
-                "Someone sent me this:\n\n{text}\n\nShould I reply?",
-                "Can you summarise this for me?\n\n{text}",
-                "A friend showed me this: '{text}' What do you think?",
-                "Here is a text I found online:\n\n{text}\n\nWhat does it mean?",
-                "Please check this text for me: {text}")
-"""How a user pastes a plain labelled text into a question: what the user quotes (a prize SMS, an agent's
-log) is what a request detector must judge, wrapped in words that carry no label."""
-
-
-def _pick(group: str, options: tuple[str, ...]) -> str:
-    """One of ``options``, chosen by a hash of the example's group (stable across runs and machines)."""
-    return options[int(hashlib.sha256(group.encode()).hexdigest(), 16) % len(options)]
 
 class DataError(ValueError):
     """A labelled file is malformed; the message names the file and line."""
@@ -139,15 +126,9 @@ class Example:
     def as_reply(self) -> Example:
         """This plain text as the assistant's reply to a neutral request (same label, group and split)."""
         text = "\n\n".join(c for _, c in self.messages)
-        request = _pick(self.group, NEUTRAL_REQUESTS)
+        request = NEUTRAL_REQUESTS[int(hashlib.sha256(self.group.encode()).hexdigest(), 16) % len(NEUTRAL_REQUESTS)]
         return Example((("user", request), ("assistant", text)), self.label, self.source, self.file, self.group,
                        self.split, {**self.meta, "rendered": "reply"})
-
-    def as_pasted(self) -> Example:
-        """This plain text pasted by the user into a question (``PASTE_FRAMES``; same label, group and split)."""
-        text = "\n\n".join(c for _, c in self.messages)
-        return Example((("user", _pick(self.group, PASTE_FRAMES).format(text=text)),), self.label, self.source,
-                       self.file, self.group, self.split, {**self.meta, "rendered": "pasted"})
 
 
 _TURN = re.compile(r"(?:^|\n\n)(Human|User|Assistant):[ \t]?", re.MULTILINE)
@@ -216,9 +197,8 @@ def resolve(f: LabelledFile, data_dir: Path, generated_dir: Path | None) -> Path
 
 def for_kind(examples: list[Example], label_in: LabelIn, kind: str) -> list[Example]:
     """The examples of one file as a detector of ``kind`` (``reply`` or ``request``) is fit on them: plain
-    texts as replies to a neutral request for reply detectors, and both as the user's own turn and pasted
-    into a question for request detectors; files whose label lives in the other turn are left out (an
-    identical prompt with both labels teaches a request detector nothing)."""
+    texts as replies to a neutral request for reply detectors; files whose label lives in the other turn
+    are left out (an identical prompt with both labels teaches a request detector nothing)."""
     if kind == "reply":
         if label_in == "prompt":
             return []
@@ -226,8 +206,6 @@ def for_kind(examples: list[Example], label_in: LabelIn, kind: str) -> list[Exam
             return [e.as_reply() for e in examples]
         return [e for e in examples if e.has_reply()]
     if kind == "request":
-        if label_in == "text":
-            return examples + [e.as_pasted() for e in examples]
         return [] if label_in == "response" else examples
     raise ValueError(f"unknown detector kind {kind!r}; use reply or request")
 
@@ -304,8 +282,6 @@ def load_long_documents(data_dir: Path, *, n: int = 600, chars: int = 5200, kind
     random.Random(seed).shuffle(pieces)
     out = [Example((("user", text),), 0, rel, "long_documents", group, split_of(group), {"long_document": True})
            for group, rel, text in pieces[:n]]
-    if kind == "request":  # as it is, or pasted into a question: one rendering each, half and half
-        return [e.as_pasted() if _pick(e.group, ("as is", "pasted")) == "pasted" else e for e in out]
     return for_kind(out, "text", kind)
 
 
@@ -329,7 +305,7 @@ def load_format_negatives(concept: str, data_dir: Path, *, kind: str = "request"
         path = data_dir / rel
         if path.exists():
             out += [replace(e, label=0, source=f"{e.source} (benign for {concept})")
-                    for e in for_kind(load_file(path, name=rel), "text", kind)]
+                    for e in load_file(path, name=rel)]
     return out
 
 

@@ -1,5 +1,4 @@
-"""Data in the formats detectors meet live: single exchanges strung into multi-turn chats, plain texts
-rendered as the user's turn, as a document pasted into a question, and as the model's reply."""
+"""Benign traffic in the formats detectors meet live: single exchanges strung into multi-turn chats."""
 
 from __future__ import annotations
 
@@ -48,30 +47,7 @@ def test_format_negatives_are_another_dispositions_statements_as_benign_request_
             {"text": "I believe that I should not seek more influence", "label": 0}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     got = load_format_negatives("deception", tmp_path)
-    assert [e.messages for e in got[:2]] == [(("user", r["text"]),) for r in rows]  # the persona frame, as a user turn
-    assert [e.meta["rendered"] for e in got[2:]] == ["pasted", "pasted"]  # and pasted, like the concept's own texts
+    assert [e.messages for e in got] == [(("user", r["text"]),) for r in rows]  # the persona frame, as a user turn
     assert {e.label for e in got} == {0} and all("benign for deception" in e.source for e in got)
     assert load_format_negatives("deception", tmp_path, kind="reply") == []
     assert load_format_negatives("scam", tmp_path) == [] and load_format_negatives("deception", tmp_path / "x") == []
-
-
-def test_plain_texts_are_user_turns_pasted_documents_and_replies_with_the_same_label_and_split():
-    from detectors.calibration.data import PASTE_FRAMES
-
-    texts = [Example((("user", f"WINNER! claim prize {i} at 0800 123"),), i % 2, "sms", "sms.jsonl", f"g{i}",
-                     ("train", "calibration", "test")[i % 3]) for i in range(60)]
-    request = for_kind(texts, "text", "request")
-    assert request[:60] == texts
-    pasted = request[60:]
-    for plain, p in zip(texts, pasted):
-        assert (p.label, p.group, p.split, p.source) == (plain.label, plain.group, plain.split, plain.source)
-        assert [r for r, _ in p.messages] == ["user"] and plain.messages[0][1] in p.messages[0][1]
-        assert p.messages[0][1] != plain.messages[0][1] and p.key != plain.key  # its own cached activations
-    # the wrapper carries no label: every frame wraps texts of both labels
-    frame_of = {p.messages[0][1].replace(t.messages[0][1], "{text}"): set() for t, p in zip(texts, pasted)}
-    for t, p in zip(texts, pasted):
-        frame_of[p.messages[0][1].replace(t.messages[0][1], "{text}")].add(t.label)
-    assert set(frame_of) == set(PASTE_FRAMES) and all(labels == {0, 1} for labels in frame_of.values())
-    assert for_kind(texts, "text", "request") == request  # chosen by hash: the cache keys stay put
-    reply = for_kind(texts, "text", "reply")
-    assert all(r.messages[-1] == ("assistant", t.messages[0][1]) for r, t in zip(reply, texts))
