@@ -54,7 +54,8 @@ own = np.array([id(e) in own_round for e in train])
 adm = own if "--admissible-own" in sys.argv else np.ones(len(train), dtype=bool)
 allowed, _ = admissible_latents(f[adm], y[adm], src[adm], excluded)
 n_max = int(sys.argv[sys.argv.index("--max-latents") + 1]) if "--max-latents" in sys.argv else 32
-det = fit_detector(f, y, g, DiscoveryConfig(max_latents=n_max), allowed=allowed, sources=src,
+n_cand = int(sys.argv[sys.argv.index("--candidates") + 1]) if "--candidates" in sys.argv else DiscoveryConfig.candidates
+det = fit_detector(f, y, g, DiscoveryConfig(max_latents=n_max, candidates=n_cand), allowed=allowed, sources=src,
                    judged=own if "--judged-own" in sys.argv else None)
 probe = fit_probe(dense_features(cache, train, span="response", aggregation=AGG), y, g)
 for name, te in sets.items():
