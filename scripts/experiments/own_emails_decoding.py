@@ -5,7 +5,7 @@ takes organisation x template pairs no ``elicit`` run has generated (after the f
 request order), asks the model for each pair's scam and ordinary e-mail twice, greedily and sampled, and
 writes both as ``safety-monitor eval`` files (OUT, default runs/heldout):
 
-    .venv/bin/python scripts/experiments/own_emails_decoding.py [OUT] [--pairs 100]
+    .venv/bin/python scripts/experiments/own_emails_decoding.py [OUT] [--pairs 400]
     .venv/bin/safety-monitor eval --data runs/heldout/own_emails_greedy.jsonl --compute-dtype bfloat16 --json
 
 Results (2026-12-01) are in docs/detectors.md."""
@@ -43,7 +43,7 @@ def greedy_replies(lm, requests, max_new_tokens: int = 96, batch_size: int = 16)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default="runs/heldout")
-    parser.add_argument("--pairs", type=int, default=100)
+    parser.add_argument("--pairs", type=int, default=400)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
