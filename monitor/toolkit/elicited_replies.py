@@ -212,18 +212,20 @@ def scam_email_requests(n_pairs: int, seed: int = 0) -> list[ElicitedRequest]:
 def generate_replies(lm, requests: list[ElicitedRequest], *, max_new_tokens: int = 96, batch_size: int = 16,
                      temperature: float = 0.8, seed: int = 0,
                      progress: Callable[[int, int], None] | None = None) -> list[str]:
-    """The model's sampled reply to each request (its chat template, left-padded batches)."""
+    """The model's sampled reply to each request (its chat template, left-padded batches); ``temperature=0``:
+    its greedy reply."""
     tok = lm.tokenizer
     tok.padding_side = "left"
     torch.manual_seed(seed)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
     replies: list[str] = []
     for b in range(0, len(requests), batch_size):
         chats = [tok.apply_chat_template([{"role": "user", "content": r.request}], tokenize=False,
                                          add_generation_prompt=True) for r in requests[b : b + batch_size]]
         enc = tok(chats, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
-            out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                                    top_p=0.95, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+            out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, **sampling,
+                                    pad_token_id=tok.pad_token_id or tok.eos_token_id)
         replies += [tok.decode(o[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for o in out]
         if progress:
             progress(len(replies), len(requests))

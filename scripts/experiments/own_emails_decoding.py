@@ -11,7 +11,6 @@ writes both as ``safety-monitor eval`` files (OUT, default runs/heldout):
 Results (2026-12-01) are in docs/detectors.md."""
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -24,22 +23,6 @@ N_DONE = 2320
 """Pairs the shipped file holds (``elicit --pairs 2320``)."""
 
 
-def greedy_replies(lm, requests, max_new_tokens: int = 96, batch_size: int = 16) -> list[str]:
-    tok = lm.tokenizer
-    tok.padding_side = "left"
-    out = []
-    for b in range(0, len(requests), batch_size):
-        chats = [tok.apply_chat_template([{"role": "user", "content": r.request}], tokenize=False,
-                                         add_generation_prompt=True) for r in requests[b : b + batch_size]]
-        enc = tok(chats, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.inference_mode():
-            gen = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        out += [tok.decode(g[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for g in gen]
-        print(f"greedy {len(out)}/{len(requests)}", file=sys.stderr, flush=True)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default="runs/heldout")
@@ -50,7 +33,7 @@ def main() -> None:
     torch.set_num_threads(2)
     requests = scam_email_requests(N_DONE + args.pairs)[2 * N_DONE :]
     lm = load_model(DEFAULT_MODEL_ID)
-    for name, replies in (("greedy", greedy_replies(lm, requests)),
+    for name, replies in (("greedy", generate_replies(lm, requests, temperature=0)),
                           ("sampled", generate_replies(lm, requests, seed=7))):
         rows = [{"prompt": NEUTRAL_PROMPTS[i % len(NEUTRAL_PROMPTS)], "response": reply, "label": r.label,
                  "text": f"User: {NEUTRAL_PROMPTS[i % len(NEUTRAL_PROMPTS)]}\n\nAssistant: {reply}",
