@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from detectors.calibration.activation_cache import ActivationCache
-from detectors.calibration.data import BENIGN_FILES, CONCEPT_FILES, load_file
+from detectors.calibration.data import BENIGN_FILES, CONCEPT_FILES, load_file, resolve
 from detectors.calibration.span_features import latent_features
 from detectors.spec import load_specs
-from monitor.artifacts import default_sae_dir
+from monitor.artifacts import ARTIFACTS_DIR, default_sae_dir
 from monitor.cli.detector_jobs import example_activations
 from monitor.defaults import DEFAULT_LAYER
 from monitor.dictionary.corpus import default_data_dir
@@ -42,10 +42,11 @@ def main() -> None:
     data_dir, sae_dir = default_data_dir(), default_sae_dir()
     sae = FrozenSAE.load(sae_dir)
     specs = load_specs(sae_dir / "detectors", sae_sha256=sae.sha256, d_sae=sae.cfg.d_sae, force=True)
-    files = sorted({f for fs in CONCEPT_FILES.values() for f in fs} | set(BENIGN_FILES))
+    files = {f.path: f for fs in (*CONCEPT_FILES.values(), BENIGN_FILES) for f in fs}  # each file once
     examples = []
-    for rel in files:
-        examples += [e for e in load_file(data_dir / rel, name=rel) if e.split == "test"][: args.per_file]
+    for rel, f in sorted(files.items()):
+        path = resolve(f, data_dir, ARTIFACTS_DIR / "data")
+        examples += [e for e in load_file(path, name=rel) if e.split == "test"][: args.per_file]
     lm = load_model()
     scores, seconds = {}, {}
     with tempfile.TemporaryDirectory() as tmp:

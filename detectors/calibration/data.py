@@ -47,6 +47,11 @@ class LabelledFile:
     whole: bool = False
     """Never subsampled by ``max_per_file``: the model's own replies, the rarest and most representative
     data a reply detector has, are all used."""
+    user_turn_from: str | None = None
+    """Read the rows' user turn from this field instead, one example per distinct text: the model's own
+    e-mails keep the request that produced them in ``request`` (their ``prompt`` is a neutral one), and
+    those requests, a scam one and a matched ordinary one per pair, are requests for fraud and their
+    form-matched negatives (with ``label_in="prompt"``: request detectors only)."""
 
 
 GENERATED = "generated:"
@@ -55,7 +60,8 @@ CONCEPT_FILES: dict[str, tuple[LabelledFile, ...]] = {
     "scam": (LabelledFile("scam/sms_spam_collection.jsonl", "text"),
              LabelledFile("scam/harmful_requests_fraud_vs_other_harm.jsonl", "prompt"),
              LabelledFile("scam/alpaca_benign_writing_requests.jsonl", "prompt"),
-             LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "response", whole=True)),
+             LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "response", whole=True),
+             LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "prompt", user_turn_from="request")),
     "deception": (LabelledFile("deception/anthropic_evals_persona.jsonl", "text"),
                   LabelledFile("deception/repe_facts_instructed_pairs.jsonl", "both")),
     "power_seeking": (LabelledFile("power_seeking/anthropic_evals_persona.jsonl", "text"),
@@ -210,6 +216,22 @@ def for_kind(examples: list[Example], label_in: LabelIn, kind: str) -> list[Exam
     raise ValueError(f"unknown detector kind {kind!r}; use reply or request")
 
 
+def user_turns(examples: list[Example], field: str) -> list[Example]:
+    """Each distinct ``meta[field]`` (with its label) as a one-turn user request, keeping the row's group and
+    split; the source is the row's, suffixed ``(requests)``. Rows without the field are an error."""
+    out, seen = [], set()
+    for e in examples:
+        text = e.meta.get(field)
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{e.file}: a row of group {e.group!r} has no string {field!r} to read the user's turn from")
+        if (text, e.label) in seen:
+            continue
+        seen.add((text, e.label))
+        out.append(Example((("user", text),), e.label, f"{e.source} (requests)", e.file, e.group, e.split,
+                           {**e.meta, "rendered": "request"}))
+    return out
+
+
 def _load(files: tuple[LabelledFile, ...], data_dir: Path, generated_dir: Path | None, kind: str,
           max_per_file: int | None, seed: int, *, missing_ok: bool = False) -> list[Example]:
     out = []
@@ -217,8 +239,10 @@ def _load(files: tuple[LabelledFile, ...], data_dir: Path, generated_dir: Path |
         path = resolve(f, data_dir, generated_dir)
         if missing_ok and not path.exists():
             continue
-        out += for_kind(subsample(load_file(path, name=f.path), None if f.whole else max_per_file, seed),
-                        f.label_in, kind)
+        examples = load_file(path, name=f.path)
+        if f.user_turn_from:
+            examples = user_turns(examples, f.user_turn_from)
+        out += for_kind(subsample(examples, None if f.whole else max_per_file, seed), f.label_in, kind)
     return out
 
 

@@ -109,7 +109,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 examples = load_concept(concept, data_dir, kind=kind, generated_dir=generated,
                                         max_per_file=args.max_per_file)
                 checks = load_checks(concept, data_dir, kind=kind, max_per_file=args.max_per_file)
-                paths = [resolve(f, data_dir, generated) for f in (*CONCEPT_FILES[concept], *CHECK_FILES.get(concept, ()))]
+                paths = list(dict.fromkeys(resolve(f, data_dir, generated)
+                                           for f in (*CONCEPT_FILES[concept], *CHECK_FILES.get(concept, ()))))
             if not examples:
                 continue  # no file of this concept carries its label in this turn (sycophancy: replies only)
             paths += [data_dir / f.path for f in BENIGN_FILES if (data_dir / f.path).exists()]
