@@ -48,10 +48,12 @@ class LabelledFile:
     """Never subsampled by ``max_per_file``: the model's own replies, the rarest and most representative
     data a reply detector has, are all used."""
     user_turn_from: str | None = None
-    """Read the rows' user turn from this field instead, one example per distinct text: the model's own
-    e-mails keep the request that produced them in ``request`` (their ``prompt`` is a neutral one), and
-    those requests, a scam one and a matched ordinary one per pair, are requests for fraud and their
-    form-matched negatives (with ``label_in="prompt"``: request detectors only)."""
+    """Read the rows' user turn from this field instead (``response``: the assistant's turn), one example per
+    distinct text: the model's own e-mails keep the request that produced them in ``request`` (their
+    ``prompt`` is a neutral one), and those requests, a scam one and a matched ordinary one per pair, are
+    requests for fraud and their form-matched negatives; the e-mails themselves, pasted by a user, are scam
+    and ordinary e-mails in the request detector's turn (with ``label_in="prompt"``: request detectors
+    only)."""
 
 
 GENERATED = "generated:"
@@ -60,8 +62,7 @@ CONCEPT_FILES: dict[str, tuple[LabelledFile, ...]] = {
     "scam": (LabelledFile("scam/sms_spam_collection.jsonl", "text"),
              LabelledFile("scam/harmful_requests_fraud_vs_other_harm.jsonl", "prompt"),
              LabelledFile("scam/alpaca_benign_writing_requests.jsonl", "prompt"),
-             LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "response", whole=True),
-             LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "prompt", user_turn_from="request")),
+             LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "response", whole=True)),
     "deception": (LabelledFile("deception/anthropic_evals_persona.jsonl", "text"),
                   LabelledFile("deception/repe_facts_instructed_pairs.jsonl", "both")),
     "power_seeking": (LabelledFile("power_seeking/anthropic_evals_persona.jsonl", "text"),
@@ -69,6 +70,23 @@ CONCEPT_FILES: dict[str, tuple[LabelledFile, ...]] = {
     "sycophancy": (LabelledFile("sycophancy/persona_sycophantic_replies.jsonl", "response"),),
 }
 """Labelled files each concept's detectors are fitted and calibrated on."""
+OWN_EMAIL_USER_TURNS: dict[str, tuple[LabelledFile, ...]] = {
+    "requests": (LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "prompt",
+                              user_turn_from="request"),),
+    "emails": (LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "prompt", user_turn_from="response"),),
+}
+"""The model's own e-mails' requests, and the e-mails pasted by a user, as extra scam request-detector sources
+(``calibrate --own-email-user-turns``; ``ordinary``: only their ordinary halves, as benign traffic,
+``own_email_ordinary_turns``). Tried and not kept (docs/detectors.md): they fix the request detector's false
+positives on requests for ordinary company e-mails and lose SMS."""
+
+
+def own_email_ordinary_turns(generated_dir: Path, *, max_per_file: int | None = None, seed: int = 0) -> list[Example]:
+    """The ordinary half of ``OWN_EMAIL_USER_TURNS`` (requests for ordinary company e-mails, and those e-mails
+    pasted by a user) as benign user turns of the scam request detector, in their pairs' splits."""
+    files = OWN_EMAIL_USER_TURNS["requests"] + OWN_EMAIL_USER_TURNS["emails"]
+    return [replace(e, source=f"{e.source} (benign for scam)")
+            for e in _load(files, generated_dir, generated_dir, "request", max_per_file, seed) if e.label == 0]
 CHECK_FILES: dict[str, tuple[LabelledFile, ...]] = {
     "deception": (LabelledFile("deception/truthfulqa_true_vs_false.jsonl", "both"),),
     "sycophancy": (LabelledFile("sycophancy/anthropic_evals_political_typology.jsonl", "response"),
@@ -217,18 +235,20 @@ def for_kind(examples: list[Example], label_in: LabelIn, kind: str) -> list[Exam
 
 
 def user_turns(examples: list[Example], field: str) -> list[Example]:
-    """Each distinct ``meta[field]`` (with its label) as a one-turn user request, keeping the row's group and
-    split; the source is the row's, suffixed ``(requests)``. Rows without the field are an error."""
+    """Each distinct ``meta[field]`` (``response``: the final assistant turn), with its label, as a one-turn
+    user message, keeping the row's group and split; the source is the row's, suffixed ``(<field> as the
+    user's turn)``. Rows without the field are an error."""
     out, seen = [], set()
     for e in examples:
-        text = e.meta.get(field)
+        text = (next((c for r, c in reversed(e.messages) if r == "assistant"), None) if field == "response"
+                else e.meta.get(field))
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{e.file}: a row of group {e.group!r} has no string {field!r} to read the user's turn from")
         if (text, e.label) in seen:
             continue
         seen.add((text, e.label))
-        out.append(Example((("user", text),), e.label, f"{e.source} (requests)", e.file, e.group, e.split,
-                           {**e.meta, "rendered": "request"}))
+        out.append(Example((("user", text),), e.label, f"{e.source} ({field} as the user's turn)", e.file, e.group,
+                           e.split, {**e.meta, "rendered": "user turn"}))
     return out
 
 
@@ -247,13 +267,13 @@ def _load(files: tuple[LabelledFile, ...], data_dir: Path, generated_dir: Path |
 
 
 def load_concept(concept: str, data_dir: Path, *, kind: str = "request", generated_dir: Path | None = None,
-                 max_per_file: int | None = None, seed: int = 0) -> list[Example]:
-    """All labelled examples of a concept, rendered for a detector of ``kind`` (``for_kind``).
-    ``max_per_file``: keep at most this many rows of each file, sampled by group (whole pairs) with both
-    labels kept in proportion."""
+                 max_per_file: int | None = None, seed: int = 0, extra: tuple[LabelledFile, ...] = ()) -> list[Example]:
+    """All labelled examples of a concept (its ``CONCEPT_FILES`` and ``extra``), rendered for a detector of
+    ``kind`` (``for_kind``). ``max_per_file``: keep at most this many rows of each file, sampled by group
+    (whole pairs) with both labels kept in proportion."""
     if concept not in CONCEPT_FILES:
         raise KeyError(f"unknown concept {concept!r}; known: {', '.join(CONCEPT_FILES)}")
-    return _load(CONCEPT_FILES[concept], data_dir, generated_dir, kind, max_per_file, seed)
+    return _load(CONCEPT_FILES[concept] + extra, data_dir, generated_dir, kind, max_per_file, seed)
 
 
 def load_checks(concept: str, data_dir: Path, *, kind: str = "request", max_per_file: int | None = None,

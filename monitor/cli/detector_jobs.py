@@ -44,6 +44,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         BENIGN_FILES,
         CHECK_FILES,
         CONCEPT_FILES,
+        OWN_EMAIL_USER_TURNS,
         for_kind,
         load_benign,
         load_chained_chats,
@@ -53,6 +54,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         load_format_negatives,
         load_long_documents,
         missing_benign,
+        own_email_ordinary_turns,
         resolve,
         subsample,
     )
@@ -72,6 +74,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     unknown = [c for c in args.concepts if c not in CONCEPT_FILES and not args.data]
     if unknown:
         raise UsageError(f"unknown concept(s) {unknown}; built-in: {', '.join(CONCEPT_FILES)} (or pass --data)")
+    bad = [k for k in args.own_email_user_turns if k not in (*OWN_EMAIL_USER_TURNS, "ordinary")]
+    if bad:
+        raise UsageError(f"--own-email-user-turns: unknown {bad}; use {', '.join(OWN_EMAIL_USER_TURNS)} or ordinary")
     sae, lm = _sae_and_model(args)
     sae_dir = Path(args.sae) if args.sae else default_sae_dir()
     out = Path(args.out) if args.out else default_detectors_dir(sae_dir)
@@ -100,17 +105,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for concept in args.concepts:
         for kind in args.kinds:
             benign = benign_by_kind[kind] + load_format_negatives(concept, data_dir, kind=kind)
+            if concept == "scam" and kind == "request" and "ordinary" in args.own_email_user_turns:
+                benign += own_email_ordinary_turns(generated, max_per_file=args.max_per_file)
             checks = []
             if args.data:
                 examples = for_kind([e for p in args.data for e in subsample(load_file(Path(p)), args.max_per_file, 0)],
                                     "both", kind)
                 paths = [Path(p) for p in args.data]
             else:
+                extra = tuple(f for k in args.own_email_user_turns for f in OWN_EMAIL_USER_TURNS.get(k, ())) \
+                    if concept == "scam" else ()
                 examples = load_concept(concept, data_dir, kind=kind, generated_dir=generated,
-                                        max_per_file=args.max_per_file)
+                                        max_per_file=args.max_per_file, extra=extra)
                 checks = load_checks(concept, data_dir, kind=kind, max_per_file=args.max_per_file)
                 paths = list(dict.fromkeys(resolve(f, data_dir, generated)
-                                           for f in (*CONCEPT_FILES[concept], *CHECK_FILES.get(concept, ()))))
+                                           for f in (*CONCEPT_FILES[concept], *extra, *CHECK_FILES.get(concept, ()))))
             if not examples:
                 continue  # no file of this concept carries its label in this turn (sycophancy: replies only)
             paths += [data_dir / f.path for f in BENIGN_FILES if (data_dir / f.path).exists()]
@@ -268,6 +277,10 @@ def register(sub) -> None:
     cal.add_argument("--pooled-selection", action="store_true",
                      help="rank and judge latents by the pooled AUROC over all sources (default: every source "
                           "counts once, the pooled AUROC and each source's own averaged)")
+    cal.add_argument("--own-email-user-turns", type=lambda s: s.split(","), default=[],
+                     help="also fit the scam request detector on the model's own e-mails' requests and/or the e-mails "
+                          "as pasted user text (requests, emails, requests,emails), or on their ordinary halves as "
+                          "benign traffic (ordinary)")
     cal.add_argument("--activations-only", action="store_true",
                      help="only compute and cache the examples' activations (e.g. while an SAE trains), then stop")
     cal.add_argument("--model", default=DEFAULT_MODEL_ID)

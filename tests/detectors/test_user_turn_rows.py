@@ -13,6 +13,7 @@ from detectors.calibration.data import (
     _load,
     for_kind,
     load_file,
+    own_email_ordinary_turns,
     user_turns,
 )
 
@@ -39,7 +40,10 @@ def test_each_distinct_request_becomes_one_user_turn_in_its_pairs_split(tmp_path
     assert {e.messages for e in requests} == {(("user", r["request"]),) for r in rows}
     by_group = {e.group: e.split for e in replies}
     assert all(e.split == by_group[e.group] for e in requests)  # a pair never straddles splits
-    assert {e.source for e in requests} == {"generated:own (requests)"}
+    assert {e.source for e in requests} == {"generated:own (request as the user's turn)"}
+    # The model's e-mails themselves, pasted by a user: the final assistant turn as the user's message.
+    pasted = user_turns(replies, "response")
+    assert len(pasted) == 160 and {e.messages for e in pasted} == {(("user", r["response"]),) for r in rows}
     # The file trains the request detector through its requests and the reply detector through its replies.
     files = (LabelledFile(GENERATED + "scam/replies.jsonl", "response", whole=True),
              LabelledFile(GENERATED + "scam/replies.jsonl", "prompt", user_turn_from="request"))
@@ -54,3 +58,15 @@ def test_a_row_without_the_field_is_a_clear_error(tmp_path):
     path = _rows(tmp_path, [_reply("Write it.", 1, "p", 0), {"text": "no request here", "label": 0}])
     with pytest.raises(DataError, match="no string 'request'"):
         user_turns(load_file(path), "request")
+
+
+def test_ordinary_own_emails_and_their_requests_become_benign_request_turns(tmp_path):
+    rows = [_reply(f"Write a {kind} email from Org {p}.", label, f"pair-{p}", 0)
+            for p in range(30) for kind, label in (("scam", 1), ("ordinary", 0))]
+    path = tmp_path / "scam" / "elicited_scam_email_replies.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    benign = own_email_ordinary_turns(tmp_path)
+    ordinary = [r for r in rows if r["label"] == 0]
+    assert len(benign) == 60 and all(e.label == 0 and e.source.endswith("(benign for scam)") for e in benign)
+    assert {e.messages[0][1] for e in benign} == {r["request"] for r in ordinary} | {r["response"] for r in ordinary}
