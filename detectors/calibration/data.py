@@ -57,12 +57,14 @@ class LabelledFile:
 
 
 GENERATED = "generated:"
+OWN_EMAILS = GENERATED + "scam/elicited_scam_email_replies.jsonl"
+"""The model's own scam and ordinary e-mails (``safety-monitor elicit``)."""
 
 CONCEPT_FILES: dict[str, tuple[LabelledFile, ...]] = {
     "scam": (LabelledFile("scam/sms_spam_collection.jsonl", "text"),
              LabelledFile("scam/harmful_requests_fraud_vs_other_harm.jsonl", "prompt"),
              LabelledFile("scam/alpaca_benign_writing_requests.jsonl", "prompt"),
-             LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "response", whole=True)),
+             LabelledFile(OWN_EMAILS, "response", whole=True)),
     "deception": (LabelledFile("deception/anthropic_evals_persona.jsonl", "text"),
                   LabelledFile("deception/repe_facts_instructed_pairs.jsonl", "both")),
     "power_seeking": (LabelledFile("power_seeking/anthropic_evals_persona.jsonl", "text"),
@@ -71,22 +73,14 @@ CONCEPT_FILES: dict[str, tuple[LabelledFile, ...]] = {
 }
 """Labelled files each concept's detectors are fitted and calibrated on."""
 OWN_EMAIL_USER_TURNS: dict[str, tuple[LabelledFile, ...]] = {
-    "requests": (LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "prompt",
-                              user_turn_from="request"),),
-    "emails": (LabelledFile(GENERATED + "scam/elicited_scam_email_replies.jsonl", "prompt", user_turn_from="response"),),
+    "requests": (LabelledFile(OWN_EMAILS, "prompt", user_turn_from="request"),),
+    "emails": (LabelledFile(OWN_EMAILS, "prompt", user_turn_from="response"),),
 }
 """The model's own e-mails' requests, and the e-mails pasted by a user, as extra scam request-detector sources
 (``calibrate --own-email-user-turns``; ``ordinary``: only their ordinary halves, as benign traffic,
 ``own_email_ordinary_turns``). Tried and not kept (docs/detectors.md): they fix the request detector's false
 positives on requests for ordinary company e-mails and lose SMS."""
 
-
-def own_email_ordinary_turns(generated_dir: Path, *, max_per_file: int | None = None, seed: int = 0) -> list[Example]:
-    """The ordinary half of ``OWN_EMAIL_USER_TURNS`` (requests for ordinary company e-mails, and those e-mails
-    pasted by a user) as benign user turns of the scam request detector, in their pairs' splits."""
-    files = OWN_EMAIL_USER_TURNS["requests"] + OWN_EMAIL_USER_TURNS["emails"]
-    return [replace(e, source=f"{e.source} (benign for scam)")
-            for e in _load(files, generated_dir, generated_dir, "request", max_per_file, seed) if e.label == 0]
 CHECK_FILES: dict[str, tuple[LabelledFile, ...]] = {
     "deception": (LabelledFile("deception/truthfulqa_true_vs_false.jsonl", "both"),),
     "sycophancy": (LabelledFile("sycophancy/anthropic_evals_political_typology.jsonl", "response"),
@@ -351,6 +345,14 @@ def load_format_negatives(concept: str, data_dir: Path, *, kind: str = "request"
             out += [replace(e, label=0, source=f"{e.source} (benign for {concept})")
                     for e in load_file(path, name=rel)]
     return out
+
+
+def own_email_ordinary_turns(generated_dir: Path, *, max_per_file: int | None = None, seed: int = 0) -> list[Example]:
+    """The ordinary half of ``OWN_EMAIL_USER_TURNS`` (requests for ordinary company e-mails, and those e-mails
+    pasted by a user) as benign user turns of the scam request detector, in their pairs' splits."""
+    files = OWN_EMAIL_USER_TURNS["requests"] + OWN_EMAIL_USER_TURNS["emails"]
+    return [replace(e, source=f"{e.source} (benign for scam)")
+            for e in _load(files, generated_dir, generated_dir, "request", max_per_file, seed) if e.label == 0]
 
 
 CHAINED_CHAT_FILE = "benign/refusal_direction_harmless_chat.jsonl"

@@ -113,8 +113,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                     "both", kind)
                 paths = [Path(p) for p in args.data]
             else:
-                extra = tuple(f for k in args.own_email_user_turns for f in OWN_EMAIL_USER_TURNS.get(k, ())) \
-                    if concept == "scam" else ()
+                extra = () if concept != "scam" else tuple(
+                    f for k in args.own_email_user_turns for f in OWN_EMAIL_USER_TURNS.get(k, ()))
                 examples = load_concept(concept, data_dir, kind=kind, generated_dir=generated,
                                         max_per_file=args.max_per_file, extra=extra)
                 checks = load_checks(concept, data_dir, kind=kind, max_per_file=args.max_per_file)

@@ -11,10 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from monitor.toolkit.elicited_replies import scam_email_requests
+from own_emails_decoding import N_DONE
 
-N_DONE = 2320
-"""Pairs the shipped file holds (``elicit --pairs 2320``)."""
+from monitor.toolkit.elicited_replies import scam_email_requests
 
 
 def main() -> None:
