@@ -96,6 +96,20 @@ def test_training_weights_give_benign_rows_a_fixed_share_of_the_negatives():
     assert np.isclose(only_concept[:10].sum(), 20) and np.isclose(only_concept[10:].sum(), 20)
 
 
+def test_training_weights_can_share_the_benign_weight_equally_among_traffic_slices():
+    from detectors.calibration.calibrate import training_weights
+
+    labels = np.r_[np.ones(10), np.zeros(30), np.zeros(960)]
+    own = np.arange(1000) < 40
+    slices = np.array(["single_turn"] * 40 + ["single_turn"] * 900 + ["multi_turn"] * 50 + ["long"] * 10)
+    w = training_weights(labels, own, 0.5, slices)
+    assert np.isclose(w.sum(), 1000) and np.isclose(w[:10].sum(), 500) and np.isclose(w[10:40].sum(), 250)
+    for part in (slice(40, 940), slice(940, 990), slice(990, 1000)):  # the ten long rows weigh as the 900 short
+        assert np.isclose(w[part].sum(), 250 / 3)
+    assert np.allclose(training_weights(labels, own, 0.5, np.array(["single_turn"] * 1000)),
+                       training_weights(labels, own, 0.5))
+
+
 def _detector(cv: float):
     from detectors.calibration.discover import LinearDetector
 

@@ -86,6 +86,11 @@ class CalibrationConfig:
     pooled AUROC and each source's own, averaged: ``fit_detector(sources=...)``) instead of by the pooled
     AUROC alone, in which a large, easy source (SMS spam) chose the latents and the hard one that matters
     most (the model's own e-mails) got what was left."""
+    balance_benign_slices: bool = False
+    """Share the benign rows' training weight equally among their traffic slices (single turn, multi-turn,
+    long; a row of several counts in the longest) instead of equally among rows. Each slice sets its own
+    threshold, and the largest binds; with ~150 long documents among ~4,000 benign training rows the fit
+    barely saw the long slice, whose threshold then bound far above the others."""
 
 
 @dataclass
@@ -139,16 +144,32 @@ def _groups(ex: list[Example]) -> np.ndarray:
     return np.array([e.group for e in ex])
 
 
-def training_weights(labels: np.ndarray, own: np.ndarray, benign_weight: float) -> np.ndarray:
+def training_weights(labels: np.ndarray, own: np.ndarray, benign_weight: float,
+                     benign_groups: np.ndarray | None = None) -> np.ndarray:
     """Row weights summing to the row count: positives half, the concept's own negatives
-    ``(1 - benign_weight) / 2``, the benign rows (``~own``) ``benign_weight / 2``, each group shared equally."""
+    ``(1 - benign_weight) / 2``, the benign rows (``~own``) ``benign_weight / 2``, each group shared equally.
+    ``benign_groups`` (one label per row, read for benign rows): the benign share is split equally among
+    these groups first (traffic slices), then among each group's rows."""
     labels, benign = np.asarray(labels), ~np.asarray(own, dtype=bool)
     benign_share = 0.5 * benign_weight if benign.any() else 0.0  # none: the concept's negatives carry it all
+    parts = [(labels == 1, 0.5), (~benign & (labels == 0), 0.5 - benign_share)]
+    if benign_groups is None:
+        parts.append((benign, benign_share))
+    else:
+        groups = np.unique(np.asarray(benign_groups)[benign])
+        parts += [(benign & (np.asarray(benign_groups) == g), benign_share / len(groups)) for g in groups]
     w = np.zeros(len(labels))
-    for mask, share in ((labels == 1, 0.5), (~benign & (labels == 0), 0.5 - benign_share), (benign, benign_share)):
+    for mask, share in parts:
         if mask.any():
             w[mask] = share * len(labels) / mask.sum()
     return w
+
+
+def weight_slice(examples: list[Example], cache: ActivationCache) -> np.ndarray:
+    """Each example's traffic slice for training weights: ``long``, else ``multi_turn``, else ``single_turn``
+    (a short request of 3 to 7 messages, in no slice, counts as single turn)."""
+    masks = slice_masks(examples, cache)
+    return np.where(masks["long"], "long", np.where(masks["multi_turn"], "multi_turn", "single_turn"))
 
 
 @dataclass
@@ -300,13 +321,15 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     cal_neg = [e for e in split["calibration"] if e.label == 0] + benign_split["calibration"]
     benign_unseen = benign_split["test"]
     y_tr, g_tr = _labels(train), _groups(train)
-    w_tr = training_weights(y_tr, own, cfg.benign_weight)
+    slice_tr = weight_slice(train, cache) if cfg.balance_benign_slices else None
+    w_tr = training_weights(y_tr, own, cfg.benign_weight, slice_tr)
 
     # --- choose span and aggregation: grouped CV on the train split and, with several sources, how well a
     # fit without each source ranks that source's train rows
     src_tr = np.array([e.source for e in train])
     loso_sources = _loso_sources(examples, src_tr, own, y_tr) if cfg.leave_one_source_out else []
-    w_without = {src: training_weights(y_tr[src_tr != src], own[src_tr != src], cfg.benign_weight)
+    w_without = {src: training_weights(y_tr[src_tr != src], own[src_tr != src], cfg.benign_weight,
+                                       None if slice_tr is None else slice_tr[src_tr != src])
                  for src in loso_sources}  # training weights of each fit made without a source
     choices: dict[str, SpanChoice] = {}
     feats_by_span: dict[str, dict[str, np.ndarray]] = {}

@@ -92,7 +92,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"[calibrate] benign files missing from {data_dir}: {', '.join(missing_benign(data_dir))}",
               file=sys.stderr)
     cfg = CalibrationConfig(target_fpr=args.target_fpr, leave_one_source_out=not args.no_loso,
-                            balance_sources=not args.pooled_selection)
+                            balance_sources=not args.pooled_selection,
+                            balance_benign_slices=args.balance_benign_slices)
     disc = DiscoveryConfig(max_latents=args.max_latents, candidates=args.candidates or DiscoveryConfig.candidates)
     summary = {}
     benign_by_kind = {}  # read once per kind, not once per concept and kind
@@ -277,6 +278,9 @@ def register(sub) -> None:
     cal.add_argument("--pooled-selection", action="store_true",
                      help="rank and judge latents by the pooled AUROC over all sources (default: every source "
                           "counts once, the pooled AUROC and each source's own averaged)")
+    cal.add_argument("--balance-benign-slices", action="store_true",
+                     help="share the benign rows' training weight equally among traffic slices (single turn, "
+                          "multi-turn, long) instead of among rows")
     cal.add_argument("--own-email-user-turns", type=lambda s: s.split(","), default=[],
                      help="also fit the scam request detector on the model's own e-mails' requests and/or the e-mails "
                           "as pasted user text (requests, emails, requests,emails), or on their ordinary halves as "
