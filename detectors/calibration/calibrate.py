@@ -91,6 +91,11 @@ class CalibrationConfig:
     long; a row of several counts in the longest) instead of equally among rows. Each slice sets its own
     threshold, and the largest binds; with ~150 long documents among ~4,000 benign training rows the fit
     barely saw the long slice, whose threshold then bound far above the others."""
+    benign_tail: tuple[float, float] = (0.0, 10.0)
+    """Hard benign negatives: after a first fit, the top ``benign_tail[0]`` share of the benign training
+    rows by score weigh ``benign_tail[1]`` times more, and the detector is fit again (0: off). The
+    threshold must hold on every slice, so the highest-scoring benign rows set it; a fit that minds only
+    the bulk of benign traffic leaves that tail where it is."""
 
 
 @dataclass
@@ -163,6 +168,32 @@ def training_weights(labels: np.ndarray, own: np.ndarray, benign_weight: float,
         if mask.any():
             w[mask] = share * len(labels) / mask.sum()
     return w
+
+
+def upweight_benign_tail(scores: np.ndarray, weights: np.ndarray, own: np.ndarray, share: float,
+                         factor: float) -> np.ndarray:
+    """``weights`` with the top ``share`` of the benign rows (``~own``) by ``scores`` multiplied by
+    ``factor`` (at least one row when ``share`` > 0), the benign rows' total weight unchanged."""
+    benign = np.flatnonzero(~np.asarray(own, dtype=bool))
+    if share <= 0 or not len(benign):
+        return weights
+    top = benign[np.argsort(-scores[benign])[: max(1, round(share * len(benign)))]]
+    out = np.array(weights, dtype=float)
+    out[top] *= factor
+    out[benign] *= weights[benign].sum() / out[benign].sum()
+    return out
+
+
+def _fit_minding_benign_tail(f: np.ndarray, y: np.ndarray, groups: np.ndarray, own: np.ndarray, w: np.ndarray,
+                             disc: DiscoveryConfig, allowed: np.ndarray, sources: np.ndarray | None,
+                             tail: tuple[float, float]) -> LinearDetector:
+    """``fit_detector``, then (``tail[0]`` > 0) again with the top-scoring benign rows weighed up
+    (``CalibrationConfig.benign_tail``)."""
+    d = fit_detector(f, y, groups, disc, judged=own, sample_weight=w, allowed=allowed, sources=sources)
+    if tail[0] <= 0:
+        return d
+    w = upweight_benign_tail(d.score(f), w, own, *tail)
+    return fit_detector(f, y, groups, disc, judged=own, sample_weight=w, allowed=allowed, sources=sources)
 
 
 def weight_slice(examples: list[Example], cache: ActivationCache) -> np.ndarray:
@@ -355,14 +386,13 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
             f = feats_by_span[span][agg]
             allowed, rejected[f"{span}/{agg}"] = admissible_latents(f[own], y_tr[own], src_tr[own], excluded)
             by_source = src_tr if cfg.balance_sources else None
-            det = fit_detector(f, y_tr, g_tr, disc, judged=own, sample_weight=w_tr, allowed=allowed,
-                               sources=by_source)
+            det = _fit_minding_benign_tail(f, y_tr, g_tr, own, w_tr, disc, allowed, by_source, cfg.benign_tail)
             without, unseen = {}, {}
             for src in loso_sources:
                 rest, held = src_tr != src, own & (src_tr == src)
-                without[src] = fit_detector(f[rest], y_tr[rest], g_tr[rest], disc, judged=own[rest],
-                                            sample_weight=w_without[src], allowed=allowed,
-                                            sources=None if by_source is None else by_source[rest])
+                without[src] = _fit_minding_benign_tail(
+                    f[rest], y_tr[rest], g_tr[rest], own[rest], w_without[src], disc, allowed,
+                    None if by_source is None else by_source[rest], cfg.benign_tail)
                 unseen[src] = auroc(without[src].score(f[held]), y_tr[held])
             choice = SpanChoice(det, without, unseen)
             choice.calibration_recall = _calibration_recall(det, span, agg)
