@@ -283,8 +283,8 @@ def register(sub) -> None:
                      help="share the benign rows' training weight equally among traffic slices (single turn, "
                           "multi-turn, long) instead of among rows")
     cal.add_argument("--benign-tail", type=float, default=0.0,
-                     help="hard benign negatives: refit with the top SHARE of benign training rows by score "
-                          "weighing 10x (e.g. 0.02; default 0: off)")
+                     help="hard benign negatives: refit with the top SHARE of each traffic slice's benign "
+                          "training rows by score weighing 10x (e.g. 0.02; default 0: off)")
     cal.add_argument("--own-email-user-turns", type=lambda s: s.split(","), default=[],
                      help="also fit the scam request detector on the model's own e-mails' requests and/or the e-mails "
                           "as pasted user text (requests, emails, requests,emails), or on their ordinary halves as "
