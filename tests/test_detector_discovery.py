@@ -110,24 +110,6 @@ def test_training_weights_can_share_the_benign_weight_equally_among_traffic_slic
                        training_weights(labels, own, 0.5))
 
 
-def test_upweight_benign_tail_weighs_the_highest_scoring_benign_rows_more_at_the_same_total():
-    from detectors.calibration.calibrate import upweight_benign_tail
-
-    own = np.r_[np.ones(4, dtype=bool), np.zeros(100, dtype=bool)]
-    w = np.r_[np.full(4, 5.0), np.full(100, 0.5)]
-    scores = np.r_[np.full(4, 9.0), np.arange(100.0)]  # the concept's rows score highest: never touched
-    out = upweight_benign_tail(scores, w, own, 0.02, 10.0)
-    assert np.array_equal(out[:4], w[:4]) and np.isclose(out[4:].sum(), w[4:].sum())
-    assert out[-1] == out[-2] and np.isclose(out[-1] / out[4], 10.0)  # rows 98 and 99: the top 2 %
-    assert np.array_equal(upweight_benign_tail(scores, w, own, 0.0, 10.0), w)
-    # per traffic slice: the top-scoring row of the ten long ones is weighed up though 90 short rows score higher
-    slices = np.array(["single_turn"] * 94 + ["long"] * 10)
-    scores = np.r_[np.full(4, 9.0), 100 + np.arange(90.0), np.arange(10.0)]
-    by_slice = upweight_benign_tail(scores, w, own, 0.02, 10.0, groups=slices)
-    up = 4 + np.flatnonzero(by_slice[4:] > by_slice[4:].min() * 1.5)
-    assert list(up) == [92, 93, 103]  # the two highest short rows (2 % of 90) and the highest long row
-
-
 def _detector(cv: float):
     from detectors.calibration.discover import LinearDetector
 

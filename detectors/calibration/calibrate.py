@@ -91,12 +91,6 @@ class CalibrationConfig:
     long; a row of several counts in the longest) instead of equally among rows. Each slice sets its own
     threshold, and the largest binds; with ~150 long documents among ~4,000 benign training rows the fit
     barely saw the long slice, whose threshold then bound far above the others."""
-    benign_tail: tuple[float, float] = (0.0, 10.0)
-    """Hard benign negatives: after a first fit, the top ``benign_tail[0]`` share of each traffic slice's
-    benign training rows by score weigh ``benign_tail[1]`` times more, and the detector is fit again (0:
-    off). The threshold must hold on every slice, so each slice's highest-scoring benign rows set it; a
-    fit that minds only the bulk of benign traffic leaves that tail where it is. Per slice, because the
-    top rows overall were all short texts, and the long slice's tail rose (docs/detectors.md)."""
 
 
 @dataclass
@@ -169,35 +163,6 @@ def training_weights(labels: np.ndarray, own: np.ndarray, benign_weight: float,
         if mask.any():
             w[mask] = share * len(labels) / mask.sum()
     return w
-
-
-def upweight_benign_tail(scores: np.ndarray, weights: np.ndarray, own: np.ndarray, share: float,
-                         factor: float, groups: np.ndarray | None = None) -> np.ndarray:
-    """``weights`` with the top ``share`` of the benign rows (``~own``) by ``scores`` multiplied by
-    ``factor`` (at least one row when ``share`` > 0), the benign rows' total weight unchanged. ``groups``
-    (traffic slices): the top share of each group's benign rows instead."""
-    benign = np.flatnonzero(~np.asarray(own, dtype=bool))
-    if share <= 0 or not len(benign):
-        return weights
-    out = np.array(weights, dtype=float)
-    labels = np.zeros(len(scores)) if groups is None else np.asarray(groups)
-    for g in np.unique(labels[benign]):
-        rows = benign[labels[benign] == g]
-        out[rows[np.argsort(-scores[rows])[: max(1, round(share * len(rows)))]]] *= factor
-    out[benign] *= weights[benign].sum() / out[benign].sum()
-    return out
-
-
-def _fit_minding_benign_tail(f: np.ndarray, y: np.ndarray, groups: np.ndarray, own: np.ndarray, w: np.ndarray,
-                             disc: DiscoveryConfig, allowed: np.ndarray, sources: np.ndarray | None,
-                             tail: tuple[float, float], slices: np.ndarray | None = None) -> LinearDetector:
-    """``fit_detector``, then (``tail[0]`` > 0) again with the top-scoring benign rows weighed up
-    (``CalibrationConfig.benign_tail``)."""
-    d = fit_detector(f, y, groups, disc, judged=own, sample_weight=w, allowed=allowed, sources=sources)
-    if tail[0] <= 0:
-        return d
-    w = upweight_benign_tail(d.score(f), w, own, *tail, groups=slices)
-    return fit_detector(f, y, groups, disc, judged=own, sample_weight=w, allowed=allowed, sources=sources)
 
 
 def weight_slice(examples: list[Example], cache: ActivationCache) -> np.ndarray:
@@ -356,16 +321,15 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     cal_neg = [e for e in split["calibration"] if e.label == 0] + benign_split["calibration"]
     benign_unseen = benign_split["test"]
     y_tr, g_tr = _labels(train), _groups(train)
-    slice_tr = weight_slice(train, cache) if cfg.balance_benign_slices or cfg.benign_tail[0] > 0 else None
-    tail_slices = slice_tr if cfg.benign_tail[0] > 0 else None
-    w_tr = training_weights(y_tr, own, cfg.benign_weight, slice_tr if cfg.balance_benign_slices else None)
+    slice_tr = weight_slice(train, cache) if cfg.balance_benign_slices else None
+    w_tr = training_weights(y_tr, own, cfg.benign_weight, slice_tr)
 
     # --- choose span and aggregation: grouped CV on the train split and, with several sources, how well a
     # fit without each source ranks that source's train rows
     src_tr = np.array([e.source for e in train])
     loso_sources = _loso_sources(examples, src_tr, own, y_tr) if cfg.leave_one_source_out else []
     w_without = {src: training_weights(y_tr[src_tr != src], own[src_tr != src], cfg.benign_weight,
-                                       slice_tr[src_tr != src] if cfg.balance_benign_slices else None)
+                                       None if slice_tr is None else slice_tr[src_tr != src])
                  for src in loso_sources}  # training weights of each fit made without a source
     choices: dict[str, SpanChoice] = {}
     feats_by_span: dict[str, dict[str, np.ndarray]] = {}
@@ -391,15 +355,14 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
             f = feats_by_span[span][agg]
             allowed, rejected[f"{span}/{agg}"] = admissible_latents(f[own], y_tr[own], src_tr[own], excluded)
             by_source = src_tr if cfg.balance_sources else None
-            det = _fit_minding_benign_tail(f, y_tr, g_tr, own, w_tr, disc, allowed, by_source, cfg.benign_tail,
-                                           tail_slices)
+            det = fit_detector(f, y_tr, g_tr, disc, judged=own, sample_weight=w_tr, allowed=allowed,
+                               sources=by_source)
             without, unseen = {}, {}
             for src in loso_sources:
                 rest, held = src_tr != src, own & (src_tr == src)
-                without[src] = _fit_minding_benign_tail(
-                    f[rest], y_tr[rest], g_tr[rest], own[rest], w_without[src], disc, allowed,
-                    None if by_source is None else by_source[rest], cfg.benign_tail,
-                    None if tail_slices is None else tail_slices[rest])
+                without[src] = fit_detector(f[rest], y_tr[rest], g_tr[rest], disc, judged=own[rest],
+                                            sample_weight=w_without[src], allowed=allowed,
+                                            sources=None if by_source is None else by_source[rest])
                 unseen[src] = auroc(without[src].score(f[held]), y_tr[held])
             choice = SpanChoice(det, without, unseen)
             choice.calibration_recall = _calibration_recall(det, span, agg)
