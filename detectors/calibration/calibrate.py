@@ -156,8 +156,9 @@ def training_weights(labels: np.ndarray, own: np.ndarray, benign_weight: float,
     if benign_groups is None:
         parts.append((benign, benign_share))
     else:
-        groups = np.unique(np.asarray(benign_groups)[benign])
-        parts += [(benign & (np.asarray(benign_groups) == g), benign_share / len(groups)) for g in groups]
+        slices = np.asarray(benign_groups)
+        names = np.unique(slices[benign])
+        parts += [(benign & (slices == g), benign_share / len(names)) for g in names]
     w = np.zeros(len(labels))
     for mask, share in parts:
         if mask.any():

@@ -79,7 +79,8 @@ OWN_EMAIL_USER_TURNS: dict[str, tuple[LabelledFile, ...]] = {
 """The model's own e-mails' requests, and the e-mails pasted by a user, as extra scam request-detector sources
 (``calibrate --own-email-user-turns``; ``ordinary``: only their ordinary halves, as benign traffic,
 ``own_email_ordinary_turns``). Tried and not kept (docs/detectors.md): they fix the request detector's false
-positives on requests for ordinary company e-mails and lose SMS."""
+positives on requests for ordinary company e-mails, and the refits' thresholds, set on the tail of benign
+long documents, then miss explicit scam requests (fit on float32 activations they also lost SMS)."""
 
 CHECK_FILES: dict[str, tuple[LabelledFile, ...]] = {
     "deception": (LabelledFile("deception/truthfulqa_true_vs_false.jsonl", "both"),),
