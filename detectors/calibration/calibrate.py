@@ -91,9 +91,6 @@ class CalibrationConfig:
     long; a row of several counts in the longest) instead of equally among rows. Each slice sets its own
     threshold, and the largest binds; with ~150 long documents among ~4,000 benign training rows the fit
     barely saw the long slice, whose threshold then bound far above the others."""
-    reject_tail_latents: bool = False
-    """Keep out of the detector any latent that benign traffic of some slice carries, at the threshold's
-    quantile, as far as the concept's median positive (``BenignTail``)."""
 
 
 @dataclass
@@ -266,14 +263,13 @@ def _cap_multi_turn(examples: list[Example], n: int | None) -> list[Example]:
 
 def admissible_latents(features: np.ndarray, labels: np.ndarray, sources: np.ndarray,
                        excluded: set[int] = frozenset(), margin: float = 0.1,
-                       min_per_label: int = 10, benign_tail: BenignTail | None = None) -> tuple[np.ndarray, list[dict]]:
+                       min_per_label: int = 10) -> tuple[np.ndarray, list[dict]]:
     """Latents a detector may use, and the strongest rejected ones with the reason.
 
     A latent is rejected when, within some source with at least ``min_per_label`` rows of each label, it
     separates the concept the other way round from its overall direction by more than ``margin`` (its
     per-source AUROC beyond 0.5 -/+ ``margin``), or when it is ``excluded`` (a formatting latent,
-    ``monitor.toolkit.latent_labels``), or, given ``benign_tail``, when benign traffic carries it as far as
-    the concept does (``BenignTail``). A latent that marks positives in one source and negatives in
+    ``monitor.toolkit.latent_labels``). A latent that marks positives in one source and negatives in
     another tracks how that source was made (answer letters, list markers, phone numbers), not the
     concept. The margin and the minimum keep sampling noise of small sources from rejecting good latents:
     required to agree exactly in every source, the scam request detector lost 0.09 AUROC against the
@@ -292,53 +288,13 @@ def admissible_latents(features: np.ndarray, labels: np.ndarray, sources: np.nda
         ok &= np.where(up, a >= 0.5 - margin, a <= 0.5 + margin)
     excluded_mask = np.zeros(d, dtype=bool)
     excluded_mask[[i for i in excluded if i < d]] = True
-    tail_slice = np.full(d, "", dtype=object) if benign_tail is None else benign_tail.carried(features, labels, sources, up)
     rejected = []
     for j in np.argsort(-np.abs(overall - 0.5))[:200]:
-        if not ok[j]:
-            reason = "opposite directions: " + ", ".join(f"{s}: {v[j]:.2f}" for s, v in per_source.items())
-        elif excluded_mask[j]:
-            reason = "formatting latent"
-        elif tail_slice[j]:
-            reason = f"benign tail: {tail_slice[j]} traffic reaches the concept's median"
-        else:
-            continue
-        rejected.append({"latent": int(j), "auroc": round(float(overall[j]), 4), "reason": reason})
-    return np.flatnonzero(ok & ~excluded_mask & (tail_slice == "")), rejected[:20]
-
-
-@dataclass
-class BenignTail:
-    """Benign traffic's aggregated latent features per traffic slice, to keep out latents it carries as far as
-    the concept: a latent that marks the concept (up) is rejected when, in some slice of at least
-    ``min_rows`` benign rows, its ``quantile`` (the threshold's: 1 - target FPR) reaches the median of the
-    concept's positives in every source (the median of the source it marks best: a latent of requests for
-    fraud is silent on spam texts, and pooled, its median was the spam's). The threshold is set on that quantile of benign scores slice by slice; such a
-    latent lifts the benign tail as much as the positives, and the tail then binds (scam_request's date and
-    capitalised-name latents, dense on the index pages of long documents, set a long-slice threshold three
-    times the shipped one and missed plain requests for a scam)."""
-
-    features: np.ndarray
-    """``[n_benign, d_sae]``: the benign training rows' features, aggregated as the concept's."""
-    slices: np.ndarray
-    """Each benign row's traffic slice (``weight_slice``)."""
-    quantile: float = 0.99
-    min_rows: int = 100
-
-    def carried(self, features: np.ndarray, labels: np.ndarray, sources: np.ndarray, up: np.ndarray) -> np.ndarray:
-        """Per latent: the name of the first slice whose tail reaches the positives' median ('' if none).
-        ``features``/``labels``/``sources``: the concept's own rows; ``up``: which latents mark the concept."""
-        pos = labels == 1
-        median_pos = np.max([np.median(features[pos & (sources == s)], axis=0) for s in np.unique(sources[pos])],
-                            axis=0)
-        out = np.full(features.shape[1], "", dtype=object)
-        for name in sorted(set(self.slices.tolist())):
-            rows = self.features[self.slices == name]
-            if len(rows) < self.min_rows:
-                continue
-            hit = up & (out == "") & (np.quantile(rows, self.quantile, axis=0) >= np.maximum(median_pos, 1e-6))
-            out[hit] = name
-        return out
+        if not ok[j] or excluded_mask[j]:
+            rejected.append({"latent": int(j), "auroc": round(float(overall[j]), 4),
+                             "reason": "formatting latent" if excluded_mask[j] else "opposite directions: "
+                             + ", ".join(f"{s}: {v[j]:.2f}" for s, v in per_source.items())})
+    return np.flatnonzero(ok & ~excluded_mask), rejected[:20]
 
 
 def calibrate_concept(concept: str, examples: list[Example], benign: list[Example], cache: ActivationCache, sae, *,
@@ -366,7 +322,6 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
     cal_neg = [e for e in split["calibration"] if e.label == 0] + benign_split["calibration"]
     benign_unseen = benign_split["test"]
     y_tr, g_tr = _labels(train), _groups(train)
-    slice_benign = weight_slice([e for e, o in zip(train, own, strict=True) if not o], cache)
     slice_tr = weight_slice(train, cache) if cfg.balance_benign_slices else None
     w_tr = training_weights(y_tr, own, cfg.benign_weight, slice_tr)
 
@@ -399,10 +354,7 @@ def calibrate_concept(concept: str, examples: list[Example], benign: list[Exampl
                                               window=cfg.window, progress=progress)
         for agg in cfg.aggregations:
             f = feats_by_span[span][agg]
-            tail = (BenignTail(f[~own], slice_benign, 1 - cfg.target_fpr)
-                    if cfg.reject_tail_latents else None)
-            allowed, rejected[f"{span}/{agg}"] = admissible_latents(f[own], y_tr[own], src_tr[own], excluded,
-                                                                    benign_tail=tail)
+            allowed, rejected[f"{span}/{agg}"] = admissible_latents(f[own], y_tr[own], src_tr[own], excluded)
             by_source = src_tr if cfg.balance_sources else None
             det = fit_detector(f, y_tr, g_tr, disc, judged=own, sample_weight=w_tr, allowed=allowed,
                                sources=by_source)

@@ -93,8 +93,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               file=sys.stderr)
     cfg = CalibrationConfig(target_fpr=args.target_fpr, leave_one_source_out=not args.no_loso,
                             balance_sources=not args.pooled_selection,
-                            balance_benign_slices=args.balance_benign_slices,
-                            reject_tail_latents=args.reject_tail_latents)
+                            balance_benign_slices=args.balance_benign_slices)
     disc = DiscoveryConfig(max_latents=args.max_latents, candidates=args.candidates or DiscoveryConfig.candidates)
     summary = {}
     benign_by_kind = {}  # read once per kind, not once per concept and kind
@@ -282,9 +281,6 @@ def register(sub) -> None:
     cal.add_argument("--balance-benign-slices", action="store_true",
                      help="share the benign rows' training weight equally among traffic slices (single turn, "
                           "multi-turn, long) instead of among rows")
-    cal.add_argument("--reject-tail-latents", action="store_true",
-                     help="keep out latents that benign traffic of some slice carries, at the threshold's quantile, "
-                          "as far as the concept's median positive")
     cal.add_argument("--own-email-user-turns", type=lambda s: s.split(","), default=[],
                      help="also fit the scam request detector on the model's own e-mails' requests and/or the e-mails "
                           "as pasted user text (requests, emails, requests,emails), or on their ordinary halves as "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.calibration.calibrate import BenignTail, admissible_latents
+from detectors.calibration.calibrate import admissible_latents
 from detectors.calibration.discover import DiscoveryConfig, fit_detector
 from monitor.toolkit.feature_index import FeatureIndex
 from monitor.toolkit.latent_labels import label_latents
@@ -40,32 +40,6 @@ def test_a_formatting_latent_is_kept_out_and_reported():
     allowed, rejected = admissible_latents(x, y, src, excluded={0})
     assert 0 not in allowed
     assert any(r["latent"] == 0 and r["reason"] == "formatting latent" for r in rejected)
-
-
-def test_a_latent_the_benign_tail_of_one_slice_carries_as_far_as_the_concept_is_kept_out():
-    x, y, src = _two_sources()
-    rng = np.random.default_rng(1)
-    # benign traffic: 300 short requests and 150 long documents; latent 2 means nothing in the concept's rows
-    # but lifts the concept's score like latent 0 does, and is dense on 3 % of the long documents (index pages
-    # full of dates), latent 3 on 3 % of a slice too small to have a threshold of its own
-    slices = np.array(["single_turn"] * 300 + ["long"] * 150 + ["multi_turn"] * 50)
-    benign = rng.normal(0, 0.3, (500, 6)).clip(0)
-    x[:, 2] += 1.0 * y  # marks the concept, weaker than latent 0
-    x[:, 3] += 1.0 * y
-    # latent 4 marks the positives of one source only (requests for fraud, silent on spam texts): pooled, its
-    # median positive is 1; in its own source, 2; the long documents' tail (1.5) stays below that
-    x[:, 4] = np.where((src == "statements") & (y == 1), 2.0, 0.0)
-    benign[300:305, 2] = 5.0
-    benign[450:452, 3] = 5.0
-    benign[305:310, 4] = 1.5
-    tail = BenignTail(benign, slices, quantile=0.99, min_rows=100)
-    allowed, rejected = admissible_latents(x, y, src, benign_tail=tail)
-    assert 2 not in allowed and 0 in allowed and 3 in allowed and 4 in allowed
-    assert any(r["latent"] == 2 and r["reason"].startswith("benign tail: long") for r in rejected)
-    # one long document in 150 does not reach the 99th percentile: the latent stays
-    benign[301:305, 2] = 0.0
-    allowed, _ = admissible_latents(x, y, src, benign_tail=tail)
-    assert 2 in allowed
 
 
 def test_labels_mark_answer_letters_and_phone_numbers_as_formatting():
