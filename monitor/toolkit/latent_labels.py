@@ -3,8 +3,9 @@
 For every latent, the tokens where it peaks on held-out documents (``feature_index.npz``) give its
 *top tokens* and *top contexts*; its label is the most frequent top tokens, e.g. ``"password" "verify"
 "account"``. A latent is a *formatting latent* when most of its top contexts peak on formatting rather
-than words: an answer letter (``(A)``, ``(B) Yes``), a list marker or number, a phone-number digit run,
-punctuation, or the chat template's own tokens. Such a latent says how a dataset was written, not what
+than words: an answer letter (``(A)``, ``(B) Yes``), a bare answer word opening the assistant's reply
+(``Yes``, ``No``, ``Sure``), a list marker or number, a phone-number digit run, punctuation, or the chat
+template's own tokens. Such a latent says how a dataset was written, not what
 it is about, so calibration keeps it out of detectors (``detectors.calibration.calibrate.admissible_latents``).
 
 Written beside the SAE as ``latent_labels.json`` (``safety-monitor sae label``, and at the end of
@@ -27,6 +28,10 @@ FORMAT_SHARE = 0.5
 """A latent is a formatting latent when at least this share of its top contexts peak on formatting."""
 
 _ANSWER_LETTER = re.compile(r"\(\s*[A-Ha-h]\s*\)?\s*(yes|no)?\s*$", re.IGNORECASE)
+_ANSWER_WORD = re.compile(r"^(yes|no|sure|true|false|correct|incorrect)$", re.IGNORECASE)
+_REPLY_START = re.compile(r"(assistant|answer:)\s*$", re.IGNORECASE)
+"""Where an answer word is a format: right after the chat template's ``assistant`` header (or an
+``Answer:``), the slot a yes/no or multiple-choice eval fills; what the answer means lives in the question."""
 _FORMAT_TOKEN = re.compile(r"^(\W*|[A-Ha-h]|\d+[.):]?|[-*•#>]+|<\|im_(start|end)\|>|\+?\d[\d\s().-]*)$")
 
 
@@ -45,10 +50,12 @@ _DIGITS_BEFORE = re.compile(r"\d{3,}\s*$")
 
 def _is_formatting(token: str, before: str) -> bool:
     """Formatting, not a word: punctuation, a letter or number alone, a list marker, a template token, an
-    answer letter (``(A)``, ``(B) Yes``), a short piece of a digit run (phone numbers, codes), or the
-    role name after the chat template's ``<|im_start|>``."""
+    answer letter (``(A)``, ``(B) Yes``), an answer word opening the reply (``assistant`` → ``Yes``), a
+    short piece of a digit run (phone numbers, codes), or the role name after the chat template's
+    ``<|im_start|>``."""
     t = token.strip()
     return (bool(_FORMAT_TOKEN.match(t)) or bool(_ANSWER_LETTER.search(before + token))
+            or (bool(_ANSWER_WORD.match(t)) and bool(_REPLY_START.search(before)))
             or (len(t) <= 3 and t.isalnum() and bool(_DIGITS_BEFORE.search(before)))
             or before.rstrip().endswith("<|im_start|>"))  # the role name of the chat template's header
 

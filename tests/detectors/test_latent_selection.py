@@ -58,6 +58,21 @@ def test_labels_mark_answer_letters_and_phone_numbers_as_formatting():
     assert "[[ password]]" in labels[2].contexts[0]
 
 
+def test_labels_mark_an_answer_word_opening_the_reply_as_formatting():
+    vocab = {1: "<|im_start|>", 2: "assistant", 3: "\n", 4: "Yes", 5: ",", 6: " it", 7: " is", 8: "She", 9: " said",
+             10: " yes", 11: " to", 12: " No", 13: "Answer:"}
+    docs = [np.array([0, 1, 2, 3, 4, 5, 6, 7]), np.array([0, 13, 12, 5]), np.array([0, 8, 9, 10, 11])]
+    # latent 0 peaks on "Yes" opening the assistant's reply and on "No" after "Answer:": the slot a yes/no
+    # eval fills, whatever the question; latent 1 on "yes" inside a sentence, a word like any other
+    top_doc = np.array([[0, 1, -1], [2, 2, -1]], dtype=np.int32)
+    top_pos = np.array([[4, 2, 0], [3, 3, 0]], dtype=np.int32)
+    index = FeatureIndex(np.ones(2, np.float32), np.ones(2, np.float32), np.ones((2, 3), np.float32), top_doc,
+                         top_pos, docs, 15, "0" * 64)
+    labels = label_latents(index, lambda ids: "".join(vocab.get(i, "<s>") for i in ids))
+    assert labels[0].formatting and labels[0].label.startswith("[format]")
+    assert not labels[1].formatting
+
+
 def _easy_large_source_and_hard_small_one(seed=0):
     """SMS-like source ``easy`` (1,000 rows): latent 0 separates it almost perfectly, latents 2 and 3 a little;
     none of them means anything in ``hard`` (200 rows, the model's own e-mails), where only latent 1 does."""
