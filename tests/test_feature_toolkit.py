@@ -107,3 +107,21 @@ def test_sink_like_outlier_tokens_are_left_out_of_the_index(index, sae):
     idx = build_index(sae, docs[:1], [loud], top_k=2, progress=False)
     assert idx.n_tokens == len(loud) - 2  # position 0 and the outlier
     assert not (idx.top_pos == 2).any()
+
+
+def test_shipped_detectors_use_no_formatting_latent_and_carry_the_shipped_labels(sae):
+    """The selection rule holds for what ships: relabelling the SAE (e.g. a new formatting class) must be
+    followed by recalibrating the detectors it touches, and their specs show the labels an operator sees."""
+    import json
+
+    from monitor.toolkit.latent_labels import LABELS_FILE, load_labels
+
+    labels = load_labels(default_sae_dir() / LABELS_FILE, sae.sha256)
+    specs = sorted((default_sae_dir() / "detectors").glob("*.json"))
+    assert specs
+    for path in specs:
+        spec = json.loads(path.read_text())
+        formatting = [i for i in spec["latents"] if labels[int(i)].formatting]
+        assert not formatting, f"{path.name} uses formatting latents {formatting}"
+        assert {int(k): v for k, v in spec["latent_labels"].items()} == {int(i): labels[int(i)].label
+                                                                        for i in spec["latents"]}, path.name
