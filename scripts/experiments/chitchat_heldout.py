@@ -17,13 +17,13 @@ A conversation that would end on the user's turn drops that turn, so the last me
     .venv/bin/safety-monitor eval --data runs/heldout/chitchat_long.jsonl --compute-dtype bfloat16 --json
 
 Results are in docs/detectors.md."""
-import json
 import random
 import sys
 import zipfile
 from pathlib import Path
 
 import yaml
+from heldout_chats import _write
 
 PERSONA_FILES = ("ai.yml", "botprofile.yml")
 
@@ -45,13 +45,6 @@ def _conversations(wheel: Path) -> dict[str, list[list[str]]]:
 def _render(messages: list[str]) -> str:
     messages = messages[: len(messages) // 2 * 2]
     return "\n\n".join(f"{'User' if i % 2 == 0 else 'Assistant'}: {m}" for i, m in enumerate(messages))
-
-
-def _write(path: Path, texts: list[str], source: str) -> None:
-    with path.open("w") as f:
-        for text in texts:
-            f.write(json.dumps({"text": text, "label": 0, "source": source}) + "\n")
-    print(f"wrote {len(texts)} conversations to {path}")
 
 
 def main() -> None:
