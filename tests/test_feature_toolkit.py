@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from monitor.toolkit.feature_index import (
     render_terminal,
     search,
 )
+from monitor.toolkit.latent_labels import LABELS_FILE, load_labels
 from monitor.toolkit.steering import LatentClamp, steer
 
 LAYER = 15
@@ -112,10 +115,6 @@ def test_sink_like_outlier_tokens_are_left_out_of_the_index(index, sae):
 def test_shipped_detectors_use_no_formatting_latent_and_carry_the_shipped_labels(sae):
     """The selection rule holds for what ships: relabelling the SAE (e.g. a new formatting class) must be
     followed by recalibrating the detectors it touches, and their specs show the labels an operator sees."""
-    import json
-
-    from monitor.toolkit.latent_labels import LABELS_FILE, load_labels
-
     labels = load_labels(default_sae_dir() / LABELS_FILE, sae.sha256)
     specs = sorted((default_sae_dir() / "detectors").glob("*.json"))
     assert specs
