@@ -93,7 +93,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               file=sys.stderr)
     cfg = CalibrationConfig(target_fpr=args.target_fpr, leave_one_source_out=not args.no_loso,
                             balance_sources=not args.pooled_selection,
-                            balance_benign_slices=args.balance_benign_slices)
+                            balance_benign_slices=args.balance_benign_slices,
+                            aggregations=args.aggregations or CalibrationConfig.aggregations)
     disc = DiscoveryConfig(max_latents=args.max_latents, candidates=args.candidates or DiscoveryConfig.candidates)
     summary = {}
     benign_by_kind = {}  # read once per kind, not once per concept and kind
@@ -210,6 +211,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _aggregations(value: str) -> tuple[str, ...]:
+    from detectors.spec import AGGREGATIONS
+
+    names = tuple(v for v in value.split(",") if v)
+    bad = [v for v in names if v not in AGGREGATIONS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown aggregation(s) {bad}; use some of {', '.join(AGGREGATIONS)}")
+    return names
+
+
 def _add_compute_dtype(parser: argparse.ArgumentParser) -> None:
     from monitor.lm.runner import COMPUTE_DTYPES
 
@@ -278,6 +289,9 @@ def register(sub) -> None:
     cal.add_argument("--pooled-selection", action="store_true",
                      help="rank and judge latents by the pooled AUROC over all sources (default: every source "
                           "counts once, the pooled AUROC and each source's own averaged)")
+    cal.add_argument("--aggregations", type=_aggregations, default=None,
+                     help="comma-separated aggregations tried (default: max,mean,window); e.g. window alone, "
+                          "where a detector's traffic has replies too short for a mean to be trusted")
     cal.add_argument("--balance-benign-slices", action="store_true",
                      help="share the benign rows' training weight equally among traffic slices (single turn, "
                           "multi-turn, long) instead of among rows")

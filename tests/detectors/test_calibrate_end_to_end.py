@@ -51,7 +51,7 @@ def test_calibrate_then_eval(tmp_path, capsys):
     train_file = _write(tmp_path / "prize.jsonl", _rows(160, seed=0))
     out, docs = tmp_path / "detectors", tmp_path / "docs"
     rc = main(["calibrate", "--concepts", "prize", "--data", str(train_file), "--data-dir", str(data_dir),
-               "--out", str(out), "--docs", str(docs), "--target-fpr", "0.05", "--json"])
+               "--out", str(out), "--docs", str(docs), "--target-fpr", "0.05", "--aggregations", "max,window", "--json"])
     assert rc == 0
     # Plain texts carry their label in the user's turn only here: one request detector, no reply detector.
     assert not (out / "prize_reply.json").exists()
@@ -65,6 +65,7 @@ def test_calibrate_then_eval(tmp_path, capsys):
     report = json.loads((out / "reports" / "prize_request.json").read_text())
     chosen = f"{spec.span}/{spec.aggregation}"
     assert {k.split("/")[0] for k in report["cv_auroc_by_choice"]} == {"prompt"}  # the kind fixes the span
+    assert {k.split("/")[1] for k in report["cv_auroc_by_choice"]} == {"max", "window"}  # --aggregations
     assert set(report["loso"]) == {"synthetic-sms", "synthetic-email"}
     assert all(set(v) == {"synthetic-sms", "synthetic-email"} for v in report["unseen_source_auroc_by_choice"].values())
     unseen = report["unseen_source_auroc_by_choice"][chosen]
@@ -84,6 +85,12 @@ def test_calibrate_then_eval(tmp_path, capsys):
     assert (result["n_pos"], result["n_neg"]) == (20, 20)
     assert result["auroc"] > 0.9
     assert result["recall"] > 0.5 and result["fpr"] <= 0.2
+
+
+def test_calibrate_rejects_an_unknown_aggregation(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["calibrate", "--aggregations", "window,median"])
+    assert exit_.value.code == 2 and "median" in capsys.readouterr().err
 
 
 def test_eval_rejects_a_malformed_file(tmp_path, capsys):

@@ -1,0 +1,56 @@
+"""Single exchanges cut out of the SGD dialogues: benign one-turn replies of every length for calibration.
+
+The single-turn benign replies a reply detector is calibrated on are a few hundred paragraphs (the
+harmless chats' answers), so its 1 % threshold is their maximum, and nothing there is as short as a
+service reply ("Done. The transfer was successful.", "Anything else?"). This writes, for each of the
+1,920 dialogues of ``benign/sgd_multiturn_dialogues.jsonl``, up to ``--per-dialogue`` of its user line +
+assistant reply exchanges (any position, drawn with seed 0) as one-turn conversations, label 0, keeping
+the dialogue's ``pair_id`` so each exchange lands in its dialogue's split (the test split's dialogues stay
+unseen):
+
+    .venv/bin/python scripts/experiments/sgd_exchanges.py [--per-dialogue 3] [OUT]
+    .venv/bin/safety-monitor calibrate --concepts power_seeking --kinds reply --benign OUT ...
+
+Results are in docs/detectors.md."""
+import argparse
+import itertools
+import json
+import random
+import re
+from pathlib import Path
+
+SGD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "benign" / "sgd_multiturn_dialogues.jsonl"
+_TURN = re.compile(r"^(User|Assistant): ", re.MULTILINE)
+
+
+def exchanges(text: str) -> list[tuple[str, str]]:
+    """The dialogue's (user line, the assistant's reply to it) pairs, in order."""
+    parts = _TURN.split(text)[1:]
+    turns = [(parts[i], parts[i + 1].strip()) for i in range(0, len(parts), 2)]
+    return [(u, a) for (ru, u), (ra, a) in itertools.pairwise(turns) if ru == "User" and ra == "Assistant"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", nargs="?", default="runs/sgd_exchanges.jsonl")
+    ap.add_argument("--per-dialogue", type=int, default=3)
+    ap.add_argument("--data", default=str(SGD))
+    args = ap.parse_args()
+    rng, rows, seen = random.Random(0), [], set()
+    for line in Path(args.data).read_text().splitlines():
+        d = json.loads(line)
+        pairs = exchanges(d["text"])
+        for u, a in rng.sample(pairs, min(args.per_dialogue, len(pairs))):
+            text = f"User: {u.strip()}\nAssistant: {a}"
+            if text in seen:
+                continue
+            seen.add(text)
+            rows.append({"text": text, "label": 0, "source": "sgd dialogues, one exchange", "pair_id": d["pair_id"]})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    short = sum(len(r["text"].split("Assistant: ", 1)[1].split()) <= 5 for r in rows)
+    print(f"{len(rows)} exchanges from {args.data} -> {args.out} ({short} replies of at most five words)")
+
+
+if __name__ == "__main__":
+    main()
