@@ -7,14 +7,16 @@ tokens. Layout of ``ROOT/<model>-layer<L>-ctx<C>[-bfloat16]/`` (the suffix when 
 matrix products in bf16, see ``monitor.lm.runner.tap_sequences``): ``shard-NNNNN.npy`` float16 ``[n, d]``,
 ``shard-NNNNN-meta.npy`` int32 ``[n, 3]`` (token id, role, position), and ``index.json``
 (key -> shard, start, length). Shards are appended every ``flush_every`` examples, so an interrupted
-run keeps what it finished.
+run keeps what it finished; several jobs may fill one cache at once (``_append`` takes a lock).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,17 +99,33 @@ class ActivationCache:
         bar.close()
 
     def _append(self, items: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+        """Write ``items`` as a new shard and add them to the index. Under an exclusive lock on the folder,
+        the index is re-read and merged first, so jobs filling one cache at once (two ``calibrate`` runs, an
+        ``eval`` beside one) never take the same shard number or drop each other's entries."""
         if not items:
             return
-        shard = 1 + max((s for s, _, _ in self.index.values()), default=-1)
-        acts = np.concatenate([a for _, a, _ in items]).astype(np.float16)
-        meta = np.concatenate([m for _, _, m in items])
-        np.save(self.dir / f"shard-{shard:05d}.npy", acts)
-        np.save(self.dir / f"shard-{shard:05d}-meta.npy", meta)
-        start = 0
-        for key, a, _ in items:
-            self.index[key] = [shard, start, len(a)]
-            start += len(a)
-        tmp = self.dir / "index.json.tmp"
-        tmp.write_text(json.dumps(self.index))
-        os.replace(tmp, self.dir / "index.json")
+        with self._locked():
+            index_path = self.dir / "index.json"
+            if index_path.exists():
+                self.index.update(json.loads(index_path.read_text()))
+            shard = 1 + max((s for s, _, _ in self.index.values()), default=-1)
+            acts = np.concatenate([a for _, a, _ in items]).astype(np.float16)
+            meta = np.concatenate([m for _, _, m in items])
+            np.save(self.dir / f"shard-{shard:05d}.npy", acts)
+            np.save(self.dir / f"shard-{shard:05d}-meta.npy", meta)
+            start = 0
+            for key, a, _ in items:
+                self.index[key] = [shard, start, len(a)]
+                start += len(a)
+            tmp = self.dir / f"index.json.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(self.index))
+            os.replace(tmp, index_path)
+
+    @contextmanager
+    def _locked(self):
+        with open(self.dir / "index.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
