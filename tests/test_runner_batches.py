@@ -3,7 +3,8 @@ grouped, not what each sequence's tokens are."""
 
 import torch
 
-from monitor.lm.runner import _batches, tap_sequences
+from monitor.lm import runner
+from monitor.lm.runner import _batches, cpu_has_fast_bf16, tap_sequences
 
 
 def test_batches_keep_order_and_respect_both_limits():
@@ -31,3 +32,22 @@ def test_a_token_budget_gives_each_sequence_the_same_activations(default_model):
         a, b = whole[i], split[i]
         assert torch.equal(a.token_ids, b.token_ids) and a.activations.shape == (len(s), b.activations.shape[1])
         assert torch.allclose(a.activations.float(), b.activations.float(), rtol=1e-2, atol=1e-2), i
+
+
+def test_bf16_on_a_cpu_without_native_bf16_says_it_is_slow(tmp_path, monkeypatch, capsys):
+    zen3 = tmp_path / "zen3"
+    zen3.write_text("flags\t\t: fpu sse2 avx avx2 fma f16c\n")
+    sapphire = tmp_path / "sapphire"
+    sapphire.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert not cpu_has_fast_bf16(zen3) and cpu_has_fast_bf16(sapphire)
+    assert cpu_has_fast_bf16(tmp_path / "missing")  # cannot tell: no warning
+
+    monkeypatch.setattr(runner, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(runner, "_warned_slow_bf16", False)
+    runner._warn_if_bf16_is_slow("cpu", "float32")
+    runner._warn_if_bf16_is_slow("cuda", "bfloat16")
+    assert capsys.readouterr().err == ""
+    runner._warn_if_bf16_is_slow("cpu", "bfloat16")
+    runner._warn_if_bf16_is_slow("cpu", "bfloat16")
+    err = capsys.readouterr().err
+    assert err.count("no AVX512-BF16") == 1 and "--compute-dtype float32" in err  # once per process
