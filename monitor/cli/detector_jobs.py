@@ -226,7 +226,7 @@ def _add_compute_dtype(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
                         help="precision of the model's matrix products when computing activations; bfloat16 is "
-                             "~2.5x faster on CPUs with AVX512-BF16, ~3x slower on CPUs without (default: float32)")
+                             "~2.5x faster on CPUs with AVX512-BF16, 2.6-5.5x slower on CPUs without (default: float32)")
 
 
 def cmd_elicit(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX). Elsewhere bf16 autocast is
-    emulated and about 3x slower than float32 (docs/performance.md). True where it cannot tell (no
+    emulated and 2.6-5.5x slower than float32 (docs/performance.md). True where it cannot tell (no
     ``/proc/cpuinfo``)."""
     try:
         flags = cpuinfo.read_text()
@@ -40,7 +40,7 @@ def _warn_if_bf16_is_slow(device: str, compute_dtype: str) -> None:
     global _warned_slow_bf16
     if compute_dtype == "bfloat16" and device == "cpu" and not _warned_slow_bf16 and not cpu_has_fast_bf16():
         _warned_slow_bf16 = True
-        print("[activations] this CPU has no AVX512-BF16 or AMX: bfloat16 is emulated here and about 3x slower "
+        print("[activations] this CPU has no AVX512-BF16 or AMX: bfloat16 is emulated here and 2.6-5.5x slower "
               "than float32 (--compute-dtype float32; the precision also names the activation cache)", file=sys.stderr)
 
 
@@ -57,7 +57,7 @@ def tap_sequences(lm: LoadedModel, layer: int, sequences: Sequence[torch.Tensor]
     forward's intermediates are large enough that the allocator maps and faults in fresh pages at every
     op (a third of the CPU time in the kernel; ``bench/bench_batch_tokens.py``).
     ``compute_dtype="bfloat16"`` runs the matrix products under bf16 autocast (the residual stream
-    itself stays float32): about 2.5x faster on CPUs with AVX512-BF16 (about 3x slower without it: a warning
+    itself stays float32): about 2.5x faster on CPUs with AVX512-BF16 (2.6-5.5x slower without it: a warning
     says so), at a 0.5 % mean relative error
     of the layer-15 activations (6e-5 of their variance; ``docs/performance.md``)."""
     if compute_dtype not in COMPUTE_DTYPES:
