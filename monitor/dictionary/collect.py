@@ -48,7 +48,8 @@ class CollectConfig:
     split: str = "train"
     """Only documents of this split are read."""
     compute_dtype: str = "float32"
-    """float32, or bfloat16: matrix products under bf16 autocast, ~2.5x faster on AVX512-BF16 CPUs, 2.6-5.5x slower on others."""
+    """float32, or bfloat16: matrix products under bf16 autocast, ~2.5x faster on AVX512-BF16 CPUs, 2.6-5.5x
+    slower on others."""
 
 
 class ShardWriter:

@@ -58,8 +58,8 @@ def tap_sequences(lm: LoadedModel, layer: int, sequences: Sequence[torch.Tensor]
     op (a third of the CPU time in the kernel; ``bench/bench_batch_tokens.py``).
     ``compute_dtype="bfloat16"`` runs the matrix products under bf16 autocast (the residual stream
     itself stays float32): about 2.5x faster on CPUs with AVX512-BF16 (2.6-5.5x slower without it: a warning
-    says so), at a 0.5 % mean relative error
-    of the layer-15 activations (6e-5 of their variance; ``docs/performance.md``)."""
+    says so), at a 0.5 % mean relative error of the layer-15 activations (6e-5 of their variance;
+    ``docs/performance.md``)."""
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, not {compute_dtype!r}")
     device = next(lm.model.parameters()).device.type

@@ -10,7 +10,8 @@ rendered for the kind, and prints its AUROC on each held-out file (rows read as 
         --data runs/heldout/power_replies.jsonl [--data ...]
 
 Activations come from (and go to) calibrate's cache (float32 unless ``--compute-dtype bfloat16``), so
-after `calibrate --activations-only` for the same concept, kind and precision only the held-out rows run. Results are in docs/detectors.md."""
+after `calibrate --activations-only` for the same concept, kind and precision only the held-out rows run.
+Results are in docs/detectors.md."""
 import argparse
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from detectors.calibration.probe import fit_probe
 from detectors.calibration.span_features import dense_features
 from detectors.calibration.stats import auroc
 from detectors.spec import KIND_SPAN
-from monitor.cli.detector_jobs import _runner
+from monitor.cli.detector_jobs import example_activations
 from monitor.defaults import DEFAULT_LAYER, DEFAULT_MODEL_ID
 from monitor.dictionary.corpus import default_data_dir
 from monitor.lm.loading import cache_root, load_model
@@ -47,7 +48,8 @@ def main() -> None:
     train = [e for e in load_concept(args.concept, default_data_dir(), kind=args.kind, max_per_file=1000)
              if e.split == "train"]
     held = {p: load_file(Path(p)) for p in args.data}
-    cache.ensure(train + [e for rows in held.values() for e in rows], _runner(lm, cache))
+    cache.ensure(train + [e for rows in held.values() for e in rows],
+                 example_activations(lm, cache.layer, context=cache.context, compute_dtype=cache.compute_dtype))
     y = np.array([e.label for e in train])
     probe = fit_probe(dense_features(cache, train, span=span), y, np.array([e.group for e in train]))
     print(f"dense probe on {len(train)} train rows of {args.concept} ({args.kind}, mean over {span}): "

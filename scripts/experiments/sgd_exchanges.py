@@ -16,18 +16,19 @@ import argparse
 import itertools
 import json
 import random
-import re
 from pathlib import Path
 
+from detectors.calibration.data import row_messages
+
 SGD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "benign" / "sgd_multiturn_dialogues.jsonl"
-_TURN = re.compile(r"^(User|Assistant): ", re.MULTILINE)
 
 
 def exchanges(text: str) -> list[tuple[str, str]]:
-    """The dialogue's (user line, the assistant's reply to it) pairs, in order."""
-    parts = _TURN.split(text)[1:]
-    turns = [(parts[i], parts[i + 1].strip()) for i in range(0, len(parts), 2)]
-    return [(u, a) for (ru, u), (ra, a) in itertools.pairwise(turns) if ru == "User" and ra == "Assistant"]
+    """The dialogue's (user line, the assistant's reply to it) pairs, in order (turns parsed as calibration
+    parses them)."""
+    turns = row_messages({"text": text})
+    return [(u["content"], a["content"]) for u, a in itertools.pairwise(turns)
+            if u["role"] == "user" and a["role"] == "assistant"]
 
 
 def main() -> None:
@@ -36,19 +37,19 @@ def main() -> None:
     ap.add_argument("--per-dialogue", type=int, default=3)
     ap.add_argument("--data", default=str(SGD))
     args = ap.parse_args()
-    rng, rows, seen = random.Random(0), [], set()
+    rng, rows, seen, short = random.Random(0), [], set(), 0
     for line in Path(args.data).read_text().splitlines():
         d = json.loads(line)
         pairs = exchanges(d["text"])
         for u, a in rng.sample(pairs, min(args.per_dialogue, len(pairs))):
-            text = f"User: {u.strip()}\nAssistant: {a}"
+            text = f"User: {u}\nAssistant: {a}"
             if text in seen:
                 continue
             seen.add(text)
+            short += len(a.split()) <= 5
             rows.append({"text": text, "label": 0, "source": "sgd dialogues, one exchange", "pair_id": d["pair_id"]})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    short = sum(len(r["text"].split("Assistant: ", 1)[1].split()) <= 5 for r in rows)
     print(f"{len(rows)} exchanges from {args.data} -> {args.out} ({short} replies of at most five words)")
 
 
