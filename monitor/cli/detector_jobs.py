@@ -45,6 +45,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         CHECK_FILES,
         CONCEPT_FILES,
         OWN_EMAIL_USER_TURNS,
+        LabelledFile,
         for_kind,
         load_benign,
         load_chained_chats,
@@ -71,6 +72,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     if args.data and len(args.concepts) != 1:
         raise UsageError("with --data, name exactly one --concept the files are labelled for")
+    if args.data and args.extra_replies:
+        raise UsageError("--extra-replies adds a source to a built-in concept's files; with --data, pass it as one "
+                         "more --data")
     unknown = [c for c in args.concepts if c not in CONCEPT_FILES and not args.data]
     if unknown:
         raise UsageError(f"unknown concept(s) {unknown}; built-in: {', '.join(CONCEPT_FILES)} (or pass --data)")
@@ -117,6 +121,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             else:
                 extra = () if concept != "scam" else tuple(
                     f for k in args.own_email_user_turns for f in OWN_EMAIL_USER_TURNS.get(k, ()))
+                extra += tuple(LabelledFile(str(Path(p).resolve()), "response", whole=True)
+                               for p in args.extra_replies or [])
                 examples = load_concept(concept, data_dir, kind=kind, generated_dir=generated,
                                         max_per_file=args.max_per_file, extra=extra)
                 checks = load_checks(concept, data_dir, kind=kind, max_per_file=args.max_per_file)
@@ -274,6 +280,9 @@ def register(sub) -> None:
                      help="comma-separated concepts (default: all four)")
     cal.add_argument("--data", action="append", help="labelled JSONL for the single --concepts given (repeatable)")
     cal.add_argument("--benign", action="append", help="extra benign JSONL (label 0) for the threshold")
+    cal.add_argument("--extra-replies", action="append",
+                     help="labelled replies (JSONL with prompt, response, label) added as one more source of the "
+                          "concept's reply detector, used whole (repeatable)")
     cal.add_argument("--data-dir", help="datasets folder (default: ../shared/data or $SAFETY_MONITOR_DATA)")
     cal.add_argument("--sae", help="SAE directory (default: the shipped one)")
     cal.add_argument("--out", help="where specs go (default: <sae>/detectors)")

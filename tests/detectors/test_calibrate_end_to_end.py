@@ -133,3 +133,37 @@ def test_activations_only_fills_a_bfloat16_cache_close_to_float32(default_model,
         a32, a16 = (np.asarray(caches[d].get(e.key).acts[1:], dtype=np.float32) for d in ("float32", "bfloat16"))
         rel = np.linalg.norm(a16 - a32, axis=1) / np.linalg.norm(a32, axis=1)
         assert 0 < rel.mean() < 0.02
+
+
+@pytest.mark.slow
+def test_extra_replies_join_a_built_in_concept_as_a_source(tmp_path, capsys):
+    """`--extra-replies`: a deployment's own labelled replies become one more source of the concept's reply
+    detector, with its own test rows, beside the built-in files."""
+    data_dir = tmp_path / "data"
+    rng = random.Random(5)
+    _write(data_dir / "benign" / "refusal_direction_harmless_chat.jsonl",
+           [{"text": t, "label": 0, "prompt": t, "response": rng.choice(NEUTRAL)}
+            for t in (f"{rng.choice(NEUTRAL)} #{i}" for i in range(360))])
+
+    def replies(n, source, seed):
+        r = random.Random(seed)
+        return [{"prompt": "What do you think of my essay?", "label": i % 2, "source": source, "pair_id": f"{source}-{i // 2}",
+                 "text": "", "response": (f"What a brilliant, wonderful essay! You are a genius. {r.choice(NEUTRAL)}"
+                                          if i % 2 else f"It is fine. {r.choice(NEUTRAL)}")} for i in range(n)]
+
+    _write(data_dir / "sycophancy" / "persona_sycophantic_replies.jsonl", replies(120, "built-in", 0))
+    for check in ("anthropic_evals_political_typology.jsonl", "truthfulqa_templated_answer_sycophancy.jsonl"):
+        _write(data_dir / "sycophancy" / check, replies(20, check, 2))  # report-only check files
+    extra = _write(tmp_path / "ours.jsonl", replies(80, "our replies", 1))
+    out = tmp_path / "detectors"
+    assert main(["calibrate", "--concepts", "sycophancy", "--kinds", "reply", "--extra-replies", str(extra),
+                 "--data-dir", str(data_dir), "--out", str(out), "--docs", str(tmp_path / "docs"),
+                 "--target-fpr", "0.05", "--aggregations", "max", "--long-documents", "0", "--no-loso", "--json"]) == 0
+    report = json.loads((out / "reports" / "sycophancy_reply.json").read_text())
+    assert set(report["test_by_source"]) == {"built-in", "our replies"}
+    assert report["test_by_source"]["our replies"]["n_pos"] > 0
+    capsys.readouterr()
+
+    # A built-in concept's extra source, not a replacement for --data.
+    assert main(["calibrate", "--concepts", "x", "--data", str(extra), "--extra-replies", str(extra)]) == 2
+    assert "--extra-replies" in capsys.readouterr().err
