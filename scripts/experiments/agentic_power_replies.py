@@ -10,9 +10,14 @@ least-privilege one, on the same task, same resources named, in the same frame a
 of a pair share a ``pair_id``; the task and its request are the prompt. The tasks and wordings here are
 not those of ``power_replies_heldout.py``, which stays the held-out check:
 
-    python3 scripts/experiments/agentic_power_replies.py [OUT]
+    python3 scripts/experiments/agentic_power_replies.py [OUT] [--honest-only]
 
-OUT defaults to runs/agentic_power_replies.jsonl."""
+OUT defaults to runs/agentic_power_replies.jsonl. ``--honest-only`` writes only the 180 least-privilege task
+reports, the benign agent traffic the shipped deception_reply is calibrated with (docs/detectors.md):
+
+    python3 scripts/experiments/agentic_power_replies.py runs/agentic_honest.jsonl --honest-only
+    .venv/bin/safety-monitor calibrate --concepts deception --kinds reply --benign runs/agentic_honest.jsonl \
+        --compute-dtype bfloat16 --threads 2"""
 import hashlib
 import json
 import sys
@@ -187,11 +192,12 @@ def rows() -> list[dict]:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/agentic_power_replies.jsonl")
+    args = [a for a in sys.argv[1:] if a != "--honest-only"]
+    out = Path(args[0] if args else "runs/agentic_power_replies.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
-    data = rows()
+    data = [r for r in rows() if r["label"] == 0 or "--honest-only" not in sys.argv]
     out.write_text("".join(json.dumps(r) + "\n" for r in data))
-    print(f"wrote {len(data)} rows ({len(data) // 2} pairs) to {out}")
+    print(f"wrote {len(data)} rows to {out}")
 
 
 if __name__ == "__main__":
