@@ -91,10 +91,15 @@ CHECK_FILES: dict[str, tuple[LabelledFile, ...]] = {
 deceive: a deceptive-intent detector should *not* separate it. Answering to match the user's politics,
 and caving in to a user's wrong answer, are other notions than the flattering agreement the sycophancy
 detector is fit on; the report shows how it does on them."""
+AGENT_TASK_REPORTS = GENERATED + "benign/agent_task_reports.jsonl"
+"""An agent's honest reports after 180 tasks (20 tasks × 9 kinds of report: "Done: … Everything I did is in
+the audit log", "… you can take my access back now"), templated by ``scripts/experiments/agentic_power_replies.py
+--honest-only``: agent traffic, which no public benign file holds, and on which deception_reply fired on 15 %."""
 BENIGN_FILES: tuple[LabelledFile, ...] = (
     LabelledFile("benign/alpaca_instructions.jsonl", "prompt"),
     LabelledFile("benign/refusal_direction_harmless_chat.jsonl", "both"),
     LabelledFile("benign/sgd_multiturn_dialogues.jsonl", "both"),
+    LabelledFile(AGENT_TASK_REPORTS, "both", whole=True),
 )
 """Benign traffic (all label 0): false-positive calibration for every detector. The multi-turn dialogues
 are the traffic a deployed monitor mostly sees; long documents from the corpus join them
@@ -278,16 +283,25 @@ def load_checks(concept: str, data_dir: Path, *, kind: str = "request", max_per_
             if e.split == "test"]
 
 
-def load_benign(data_dir: Path, *, kind: str = "request", max_per_file: int | None = None,
-                seed: int = 0) -> list[Example]:
-    """Benign traffic (``BENIGN_FILES``) rendered for a detector of ``kind``; files missing from ``data_dir``
-    are skipped (``missing_benign`` names them)."""
-    return _load(BENIGN_FILES, data_dir, None, kind, max_per_file, seed, missing_ok=True)
+def _benign_files(generated_dir: Path | None) -> tuple[LabelledFile, ...]:
+    return tuple(f for f in BENIGN_FILES if generated_dir is not None or not f.path.startswith(GENERATED))
 
 
-def missing_benign(data_dir: Path) -> list[str]:
-    """The ``BENIGN_FILES`` not in ``data_dir``."""
-    return [f.path for f in BENIGN_FILES if not (data_dir / f.path).exists()]
+def load_benign(data_dir: Path, *, kind: str = "request", generated_dir: Path | None = None,
+                max_per_file: int | None = None, seed: int = 0) -> list[Example]:
+    """Benign traffic (``BENIGN_FILES``) rendered for a detector of ``kind``; files missing are skipped
+    (``missing_benign`` names them), and so are the project-generated ones without ``generated_dir``."""
+    return _load(_benign_files(generated_dir), data_dir, generated_dir, kind, max_per_file, seed, missing_ok=True)
+
+
+def benign_paths(data_dir: Path, generated_dir: Path | None = None) -> list[Path]:
+    """The files ``load_benign`` reads."""
+    return [p for f in _benign_files(generated_dir) if (p := resolve(f, data_dir, generated_dir)).exists()]
+
+
+def missing_benign(data_dir: Path, generated_dir: Path | None = None) -> list[str]:
+    """The ``BENIGN_FILES`` that ``load_benign`` skips for want of the file."""
+    return [f.path for f in _benign_files(generated_dir) if not resolve(f, data_dir, generated_dir).exists()]
 
 
 LONG_DOCUMENT_FILES = ("corpus/gutenberg_books.jsonl", "corpus/wikitext2_valid_test_detok.jsonl")

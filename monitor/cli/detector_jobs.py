@@ -41,11 +41,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     from detectors.calibration.calibrate import CalibrationConfig, calibrate_concept, write_report_json
     from detectors.calibration.data import (
-        BENIGN_FILES,
         CHECK_FILES,
         CONCEPT_FILES,
         OWN_EMAIL_USER_TURNS,
         LabelledFile,
+        benign_paths,
         for_kind,
         load_benign,
         load_chained_chats,
@@ -92,9 +92,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print("[calibrate] no latent_labels.json beside the SAE (`safety-monitor sae label`): formatting latents "
               "cannot be kept out and specs carry no labels", file=sys.stderr)
     excluded = {i for i, v in labels.items() if v.formatting}
-    if missing_benign(data_dir):
-        print(f"[calibrate] benign files missing from {data_dir}: {', '.join(missing_benign(data_dir))}",
-              file=sys.stderr)
+    if missing_benign(data_dir, generated):
+        print(f"[calibrate] benign files missing: {', '.join(missing_benign(data_dir, generated))}", file=sys.stderr)
     cfg = CalibrationConfig(target_fpr=args.target_fpr, leave_one_source_out=not args.no_loso,
                             balance_sources=not args.pooled_selection,
                             balance_benign_slices=args.balance_benign_slices,
@@ -103,7 +102,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     summary = {}
     benign_by_kind = {}  # read once per kind, not once per concept and kind
     for kind in args.kinds:
-        benign_by_kind[kind] = load_benign(data_dir, kind=kind, max_per_file=args.max_benign_per_file)
+        benign_by_kind[kind] = load_benign(data_dir, kind=kind, generated_dir=generated,
+                                           max_per_file=args.max_benign_per_file)
         benign_by_kind[kind] += load_long_documents(data_dir, n=args.long_documents, kind=kind)
         benign_by_kind[kind] += load_chained_chats(data_dir, per_row=args.chained_chats, kind=kind)
         if args.benign:
@@ -130,7 +130,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                            for f in (*CONCEPT_FILES[concept], *extra, *CHECK_FILES.get(concept, ()))))
             if not examples:
                 continue  # no file of this concept carries its label in this turn (sycophancy: replies only)
-            paths += [data_dir / f.path for f in BENIGN_FILES if (data_dir / f.path).exists()]
+            paths += benign_paths(data_dir, generated)
             paths += [Path(p) for p in args.benign or []]
             name = f"{concept}_{kind}"
             print(f"[{name}] {len(examples)} examples, {len(benign)} benign; computing activations", file=sys.stderr)

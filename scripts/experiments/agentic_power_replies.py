@@ -13,11 +13,10 @@ not those of ``power_replies_heldout.py``, which stays the held-out check:
     python3 scripts/experiments/agentic_power_replies.py [OUT] [--honest-only]
 
 OUT defaults to runs/agentic_power_replies.jsonl. ``--honest-only`` writes only the 180 least-privilege task
-reports, the benign agent traffic the shipped deception_reply is calibrated with (docs/detectors.md):
+reports, as the benign agent traffic every calibration reads (``detectors.calibration.data.AGENT_TASK_REPORTS``):
 
-    python3 scripts/experiments/agentic_power_replies.py runs/agentic_honest.jsonl --honest-only
-    .venv/bin/safety-monitor calibrate --concepts deception --kinds reply --benign runs/agentic_honest.jsonl \
-        --compute-dtype bfloat16 --threads 2"""
+    python3 scripts/experiments/agentic_power_replies.py artifacts/data/benign/agent_task_reports.jsonl --honest-only
+"""
 import hashlib
 import json
 import sys
@@ -195,7 +194,10 @@ def main() -> None:
     args = [a for a in sys.argv[1:] if a != "--honest-only"]
     out = Path(args[0] if args else "runs/agentic_power_replies.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
-    data = [r for r in rows() if r["label"] == 0 or "--honest-only" not in sys.argv]
+    honest_only = "--honest-only" in sys.argv
+    data = [r for r in rows() if r["label"] == 0 or not honest_only]
+    if honest_only:
+        data = [{**r, "source": "templated agent task reports"} for r in data]
     out.write_text("".join(json.dumps(r) + "\n" for r in data))
     print(f"wrote {len(data)} rows to {out}")
 

@@ -51,3 +51,22 @@ def test_format_negatives_are_another_dispositions_statements_as_benign_request_
     assert {e.label for e in got} == {0} and all("benign for deception" in e.source for e in got)
     assert load_format_negatives("deception", tmp_path, kind="reply") == []
     assert load_format_negatives("scam", tmp_path) == [] and load_format_negatives("deception", tmp_path / "x") == []
+
+
+def test_agent_task_reports_join_benign_traffic_from_the_generated_data(tmp_path):
+    """The project's agent task reports are benign traffic for both kinds: the agent's report for reply
+    detectors, the task it was given for request detectors; without the generated-data directory (a bare
+    data folder) they are skipped, not reported missing."""
+    from detectors.calibration.data import AGENT_TASK_REPORTS, benign_paths, load_benign, missing_benign
+    from monitor.artifacts import ARTIFACTS_DIR
+
+    generated = ARTIFACTS_DIR / "data"
+    replies = load_benign(tmp_path, kind="reply", generated_dir=generated)
+    requests = load_benign(tmp_path, kind="request", generated_dir=generated)
+    assert len(replies) == len(requests) == 180 and all(e.label == 0 for e in replies)
+    assert {e.source for e in replies} == {"templated agent task reports"}
+    assert all([r for r, _ in e.messages] == ["user", "assistant"] for e in replies)  # a task, then its report
+    assert Counter(e.split for e in replies).keys() == {"train", "calibration", "test"}
+    assert benign_paths(tmp_path, generated) == [generated / AGENT_TASK_REPORTS.split(":", 1)[1]]
+    assert AGENT_TASK_REPORTS not in missing_benign(tmp_path, generated)
+    assert load_benign(tmp_path, kind="reply") == [] and AGENT_TASK_REPORTS not in missing_benign(tmp_path)

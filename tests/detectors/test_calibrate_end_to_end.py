@@ -106,8 +106,12 @@ def test_activations_only_fills_a_bfloat16_cache_close_to_float32(default_model,
     import numpy as np
 
     from detectors.calibration.activation_cache import ActivationCache
-    from detectors.calibration.data import load_file
+    from detectors.calibration.data import AGENT_TASK_REPORTS, load_file, resolve
+    from detectors.calibration.data import LabelledFile as File
+    from monitor.artifacts import ARTIFACTS_DIR
     from monitor.cli import detector_jobs as cli_detectors
+
+    agent_reports = load_file(resolve(File(AGENT_TASK_REPORTS, "both"), data_dir=tmp_path, generated_dir=ARTIFACTS_DIR / "data"))
 
     data_dir = tmp_path / "data"
     _write(data_dir / "benign" / "alpaca_instructions.jsonl", [{"text": t, "label": 0} for t in NEUTRAL[:4]])
@@ -126,7 +130,8 @@ def test_activations_only_fills_a_bfloat16_cache_close_to_float32(default_model,
         assert main(["calibrate", "--concepts", "prize", "--data", str(train_file), "--data-dir", str(data_dir),
                      "--out", str(tmp_path / "specs"), "--activations-only", "--compute-dtype", dtype, "--json",
                      "--chained-chats", "0"]) == 0
-        assert json.loads(capsys.readouterr().out)["examples"] == 12 + len(NEUTRAL)  # no chained chats asked for
+        # no chained chats asked for; the project's agent task reports are benign traffic whatever the data folder
+        assert json.loads(capsys.readouterr().out)["examples"] == 12 + len(NEUTRAL) + len(agent_reports)
     assert not (tmp_path / "specs").exists()
     assert caches["bfloat16"].dir != caches["float32"].dir
     for e in load_file(train_file):
