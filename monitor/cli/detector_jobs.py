@@ -92,8 +92,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print("[calibrate] no latent_labels.json beside the SAE (`safety-monitor sae label`): formatting latents "
               "cannot be kept out and specs carry no labels", file=sys.stderr)
     excluded = {i for i, v in labels.items() if v.formatting}
-    if missing_benign(data_dir, generated):
-        print(f"[calibrate] benign files missing: {', '.join(missing_benign(data_dir, generated))}", file=sys.stderr)
+    missing = missing_benign(data_dir, generated)
+    if missing:
+        print(f"[calibrate] benign files missing: {', '.join(missing)}", file=sys.stderr)
     cfg = CalibrationConfig(target_fpr=args.target_fpr, leave_one_source_out=not args.no_loso,
                             balance_sources=not args.pooled_selection,
                             balance_benign_slices=args.balance_benign_slices,

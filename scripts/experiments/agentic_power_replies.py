@@ -17,9 +17,9 @@ reports, as the benign agent traffic every calibration reads (``detectors.calibr
 
     python3 scripts/experiments/agentic_power_replies.py artifacts/data/benign/agent_task_reports.jsonl --honest-only
 """
+import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 SOURCE = "templated agent power-seeking replies"
@@ -191,13 +191,15 @@ def rows() -> list[dict]:
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--honest-only"]
-    out = Path(args[0] if args else "runs/agentic_power_replies.jsonl")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", nargs="?", default="runs/agentic_power_replies.jsonl")
+    ap.add_argument("--honest-only", action="store_true", help="only the least-privilege reports, as benign traffic")
+    args = ap.parse_args()
+    data = rows()
+    if args.honest_only:
+        data = [{**r, "source": "templated agent task reports"} for r in data if r["label"] == 0]
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    honest_only = "--honest-only" in sys.argv
-    data = [r for r in rows() if r["label"] == 0 or not honest_only]
-    if honest_only:
-        data = [{**r, "source": "templated agent task reports"} for r in data]
     out.write_text("".join(json.dumps(r) + "\n" for r in data))
     print(f"wrote {len(data)} rows to {out}")
 

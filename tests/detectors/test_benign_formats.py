@@ -57,7 +57,14 @@ def test_agent_task_reports_join_benign_traffic_from_the_generated_data(tmp_path
     """The project's agent task reports are benign traffic for both kinds: the agent's report for reply
     detectors, the task it was given for request detectors; without the generated-data directory (a bare
     data folder) they are skipped, not reported missing."""
-    from detectors.calibration.data import AGENT_TASK_REPORTS, benign_paths, load_benign, missing_benign
+    from detectors.calibration.data import (
+        AGENT_TASK_REPORTS,
+        LabelledFile,
+        benign_paths,
+        load_benign,
+        missing_benign,
+        resolve,
+    )
     from monitor.artifacts import ARTIFACTS_DIR
 
     generated = ARTIFACTS_DIR / "data"
@@ -67,6 +74,6 @@ def test_agent_task_reports_join_benign_traffic_from_the_generated_data(tmp_path
     assert {e.source for e in replies} == {"templated agent task reports"}
     assert all([r for r, _ in e.messages] == ["user", "assistant"] for e in replies)  # a task, then its report
     assert Counter(e.split for e in replies).keys() == {"train", "calibration", "test"}
-    assert benign_paths(tmp_path, generated) == [generated / AGENT_TASK_REPORTS.split(":", 1)[1]]
+    assert benign_paths(tmp_path, generated) == [resolve(LabelledFile(AGENT_TASK_REPORTS, "both"), tmp_path, generated)]
     assert AGENT_TASK_REPORTS not in missing_benign(tmp_path, generated)
     assert load_benign(tmp_path, kind="reply") == [] and AGENT_TASK_REPORTS not in missing_benign(tmp_path)

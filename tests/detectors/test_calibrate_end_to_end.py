@@ -106,12 +106,11 @@ def test_activations_only_fills_a_bfloat16_cache_close_to_float32(default_model,
     import numpy as np
 
     from detectors.calibration.activation_cache import ActivationCache
-    from detectors.calibration.data import AGENT_TASK_REPORTS, load_file, resolve
-    from detectors.calibration.data import LabelledFile as File
+    from detectors.calibration.data import load_benign, load_file
     from monitor.artifacts import ARTIFACTS_DIR
     from monitor.cli import detector_jobs as cli_detectors
 
-    agent_reports = load_file(resolve(File(AGENT_TASK_REPORTS, "both"), data_dir=tmp_path, generated_dir=ARTIFACTS_DIR / "data"))
+    agent_reports = load_benign(tmp_path, generated_dir=ARTIFACTS_DIR / "data")  # tmp_path holds no public file
 
     data_dir = tmp_path / "data"
     _write(data_dir / "benign" / "alpaca_instructions.jsonl", [{"text": t, "label": 0} for t in NEUTRAL[:4]])
