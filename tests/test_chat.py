@@ -86,6 +86,12 @@ def test_render_chat_prompt_only(tokenizer):
      [{"role": "user", "content": "Preamble first\n\nHuman: then a turn"}]),
     ({"text": "  "}, [{"role": "user", "content": ""}]),
     ({}, [{"role": "user", "content": ""}]),
+    ({"system": " You are Acme's support bot. ", "prompt": "Hi", "response": "Hello!", "text": "ignored"},
+     [{"role": "system", "content": "You are Acme's support bot."}, {"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": "Hello!"}]),
+    ({"system": "Be brief.", "text": "User: a\n\nAssistant: b"},
+     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]),
+    ({"system": "  ", "text": "plain"}, [{"role": "user", "content": "plain"}]),
 ])
 def test_row_messages(row, expected):
     assert row_messages(row) == expected
@@ -111,3 +117,12 @@ def test_render_recent_turns_keeps_the_final_reply(tokenizer):
         full.input_ids.tolist()
     one_long = [{"role": "user", "content": "word " * 500}]
     assert len(render_recent_turns(tokenizer, one_long, max_tokens=64).input_ids) == 64
+
+
+def test_a_system_message_replaces_the_templates_default(tokenizer):
+    default = render_chat(tokenizer, [{"role": "user", "content": "Hello"}])
+    own = render_chat(tokenizer, [{"role": "system", "content": "You are Northwind Bank's assistant."},
+                                  {"role": "user", "content": "Hello"}])
+    default_text, own_text = tokenizer.decode(default.input_ids), tokenizer.decode(own.input_ids)
+    assert "SmolLM" in default_text and "SmolLM" not in own_text and "Northwind Bank" in own_text
+    assert (own.roles == ROLE_PROMPT).all()

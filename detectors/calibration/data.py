@@ -161,7 +161,15 @@ _LINE_TURN = re.compile(r"(?:^|\n)(Human|User|Assistant):[ \t]?")
 
 def row_messages(row: dict) -> list[dict[str, str]]:
     """Chat messages for a dataset row: explicit ``prompt``/``response`` fields win; otherwise a text
-    written as ``Human:/User: … Assistant: …`` is split into turns; any other text is a user message."""
+    written as ``Human:/User: … Assistant: …`` is split into turns; any other text is a user message. A
+    ``system`` field becomes the conversation's system message (a deployment's own system prompt, in place
+    of the chat template's default)."""
+    system = row.get("system")
+    head = [{"role": "system", "content": system.strip()}] if isinstance(system, str) and system.strip() else []
+    return head + _turns(row)
+
+
+def _turns(row: dict) -> list[dict[str, str]]:
     prompt, response = row.get("prompt"), row.get("response")
     if isinstance(prompt, str) and isinstance(response, str):
         return [{"role": "user", "content": prompt.strip()}, {"role": "assistant", "content": response.strip()}]
@@ -201,9 +209,11 @@ def load_file(path: Path, *, name: str | None = None) -> list[Example]:
                 raise DataError(f"{path}:{n}: 'label' must be 0 or 1, got {row.get('label')!r}") from None
             if label not in (0, 1):
                 raise DataError(f"{path}:{n}: 'label' must be 0 or 1, got {label}")
+            if not isinstance(row.get("system", ""), str):
+                raise DataError(f"{path}:{n}: 'system' must be a string (the system prompt)")
             messages = tuple((m["role"], m["content"]) for m in row_messages(row))
             group = group_key(row)
-            meta = {k: v for k, v in row.items() if k not in ("text", "label", "prompt", "response", "source")}
+            meta = {k: v for k, v in row.items() if k not in ("text", "label", "prompt", "response", "source", "system")}
             out.append(Example(messages, label, str(row.get("source") or name), name, group, split_of(group), meta))
     if not out:
         raise DataError(f"{path}: no rows")
