@@ -209,7 +209,7 @@ def load_file(path: Path, *, name: str | None = None) -> list[Example]:
                 raise DataError(f"{path}:{n}: 'label' must be 0 or 1, got {row.get('label')!r}") from None
             if label not in (0, 1):
                 raise DataError(f"{path}:{n}: 'label' must be 0 or 1, got {label}")
-            if not isinstance(row.get("system", ""), str):
+            if row.get("system") is not None and not isinstance(row["system"], str):
                 raise DataError(f"{path}:{n}: 'system' must be a string (the system prompt)")
             messages = tuple((m["role"], m["content"]) for m in row_messages(row))
             group = group_key(row)
